@@ -1,0 +1,276 @@
+"""Typed configuration: one dataclass per concern, loaded from YAML plus `key.sub=value` overrides.
+
+Every field is validated when the config is built, and a bad key or value raises `ConfigError` whose
+message names the key and what is allowed, in one line. The resolved config is saved verbatim into the
+run folder (`config.yaml`), so a run can always be reproduced from its own folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message is one line naming the key."""
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["grpolab", "hf"] = "grpolab"
+    prompts_per_step: int = 8
+    group_size: int = 8
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 60
+    learning_rate: float = 2e-6
+    lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    max_grad_norm: float = 1.0
+    micro_batch_size: int = 16
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+
+
+@dataclass
+class GRPOConfig:
+    beta: float = 0.04
+    mu: int = 1
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    advantage: Literal["group", "batch", "none", "rloo"] = "group"
+    ratio_level: Literal["token", "sequence"] = "token"
+    aggregation: Literal["sequence", "token", "constant"] = "sequence"
+    entropy_coef: float = 0.0
+    ref_reset_every: int = 0
+
+
+@dataclass
+class RewardConfig:
+    """Weights of the task's reward functions by name; an empty map uses the task's defaults."""
+
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    n: int = 64
+    before: bool = True
+    after: bool = True
+    max_new_tokens: int = 48
+    batch_size: int = 64
+
+
+@dataclass
+class LogConfig:
+    quiet: bool = False
+    every: int = 1
+
+
+@dataclass
+class Config:
+    model: str = "smollm2-135m"
+    task: str = "arithmetic"
+    output_dir: str = ""
+    name: str = "grpo-arithmetic"
+    overwrite: bool = False
+    seed: int = 0
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}")
+
+
+# Range checks: key -> (predicate, what is allowed). Cross-field checks live in `validate`.
+RANGES: dict[str, tuple[Any, str]] = {
+    "rollout.prompts_per_step": (lambda v: v >= 1, "an integer >= 1"),
+    "rollout.group_size": (lambda v: v >= 2, "an integer >= 2 (GRPO normalises within a group)"),
+    "rollout.max_new_tokens": (lambda v: v >= 1, "an integer >= 1"),
+    "rollout.temperature": (lambda v: v >= 0, "a float >= 0"),
+    "rollout.top_p": (lambda v: 0 < v <= 1, "a float in (0, 1]"),
+    "rollout.top_k": (lambda v: v >= 0, "an integer >= 0 (0 disables top-k)"),
+    "train.max_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "train.learning_rate": (lambda v: v >= 0, "a float >= 0"),
+    "train.warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "train.weight_decay": (lambda v: v >= 0, "a float >= 0"),
+    "train.max_grad_norm": (lambda v: v > 0, "a float > 0"),
+    "train.micro_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "grpo.beta": (lambda v: v >= 0, "a float >= 0"),
+    "grpo.mu": (lambda v: v >= 1, "an integer >= 1"),
+    "grpo.eps_low": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
+    "grpo.eps_high": (lambda v: v >= 0, "a float >= 0"),
+    "grpo.ref_reset_every": (lambda v: v >= 0, "an integer >= 0 (0 never resets)"),
+    "eval.n": (lambda v: v >= 0, "an integer >= 0"),
+    "eval.max_new_tokens": (lambda v: v >= 1, "an integer >= 1"),
+    "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "log.every": (lambda v: v >= 1, "an integer >= 1"),
+}
+
+
+def _describe(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return {int: "an integer", float: "a float", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(key: str, value: Any, tp) -> Any:
+    """Check `value` against the field type `tp`; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: got {value!r}, expected {_describe(tp)}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: got {value!r}, expected a mapping")
+        _, value_type = typing.get_args(tp)
+        return {str(k): _coerce(f"{key}.{k}", v, value_type) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: got {value!r}, expected true or false")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: got {value!r}, expected a float")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: got {value!r}, expected an integer")
+        return value
+    if tp is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{key}: got {value!r}, expected a string")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _apply(obj, key_path: list[str], value: Any, full_key: str) -> None:
+    name, rest = key_path[0], key_path[1:]
+    types_ = _field_types(type(obj))
+    if name not in types_:
+        allowed = ", ".join(sorted(types_))
+        raise ConfigError(f"unknown config key {full_key!r} (allowed here: {allowed})")
+    tp = types_[name]
+    if dataclasses.is_dataclass(tp):
+        if rest:
+            _apply(getattr(obj, name), rest, value, full_key)
+        elif isinstance(value, dict):
+            for sub_key, sub_value in value.items():
+                _apply(getattr(obj, name), [str(sub_key)], sub_value, f"{full_key}.{sub_key}")
+        else:
+            raise ConfigError(f"{full_key}: is a section; set its keys, e.g. {full_key}.<key>=value")
+        return
+    if rest and typing.get_origin(tp) is dict:
+        _, value_type = typing.get_args(tp)
+        getattr(obj, name)[".".join(rest)] = _coerce(full_key, value, value_type)
+        return
+    if rest:
+        raise ConfigError(f"unknown config key {full_key!r} ({name} has no sub-keys)")
+    setattr(obj, name, _coerce(full_key, value, tp))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def validate(config: Config) -> None:
+    for key, (ok, allowed) in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if not ok(value):
+            raise ConfigError(f"{key}: got {value!r}, expected {allowed}")
+    if config.rollout.temperature == 0:
+        raise ConfigError("rollout.temperature: 0 (greedy) gives G identical samples; use a temperature > 0")
+    if not config.model:
+        raise ConfigError("model: must name a model (smollm2-135m, tiny-random, a folder or a hub id)")
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Build a validated Config from an optional YAML file and `key=value` overrides (applied in order)."""
+    config = Config()
+    if path:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file {path!r} does not exist")
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path!r} must hold a mapping of keys")
+        for key, value in data.items():
+            _apply(config, [str(key)], value, str(key))
+    for text in overrides:
+        key, value = parse_override(text)
+        _apply(config, key.split("."), value, key)
+    validate(config)
+    return config
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def to_yaml(config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def describe_keys(config=None, prefix: str = "") -> list[str]:
+    """`key = default  (type)` lines for `--help`."""
+    config = config if config is not None else Config()
+    lines = []
+    for name, tp in _field_types(type(config)).items():
+        value = getattr(config, name)
+        if dataclasses.is_dataclass(tp):
+            lines.extend(describe_keys(value, f"{prefix}{name}."))
+        else:
+            lines.append(f"  {prefix}{name} = {value!r}  ({_describe(tp)})")
+    return lines
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "EvalConfig",
+    "GRPOConfig",
+    "LogConfig",
+    "RewardConfig",
+    "RolloutConfig",
+    "TrainConfig",
+    "describe_keys",
+    "load_config",
+    "to_yaml",
+]
