@@ -1,0 +1,67 @@
+"""The GRPO objective for one micro-batch, composed from the pure pieces in `losses.py`.
+
+    L = aggregate( clipped_surrogate(ratio, A) + beta * KL(pi_theta || pi_ref) - c * entropy )
+
+Each knob is a separate field of `GRPOConfig`: ratio level (token / GSPO sequence), eps_low / eps_high,
+KL estimator and beta, aggregation, entropy coefficient. The KL is in the loss, as in GRPO
+(DeepSeekMath eq. 3), not in the reward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from grpolab.algorithms.losses import (
+    KL_ESTIMATORS,
+    aggregate,
+    clipped_surrogate,
+    masked_mean,
+    sequence_ratio,
+    token_ratio,
+)
+
+
+@dataclass
+class Normalisers:
+    """Sizes of the WHOLE rollout batch, so micro-batch losses sum to the full-batch loss."""
+
+    num_sequences: int
+    num_tokens: float
+    max_length: int
+
+
+def grpo_loss(
+    logprobs: torch.Tensor,  # [B, T]
+    old_logprobs: torch.Tensor,  # [B, T]
+    ref_logprobs: torch.Tensor | None,  # [B, T] or None when beta = 0
+    advantages: torch.Tensor,  # [B, 1] or [B, T]
+    mask: torch.Tensor,  # [B, T]
+    grpo,  # GRPOConfig
+    normalisers: Normalisers,
+    entropy: torch.Tensor | None = None,  # [B, T]
+):
+    """Returns (loss, stats); stats are detached micro-batch means for logging."""
+    mask = mask.to(logprobs.dtype)
+    if grpo.ratio_level == "sequence":
+        ratio = sequence_ratio(logprobs, old_logprobs, mask)
+    else:
+        ratio = token_ratio(logprobs, old_logprobs)
+    token_loss, clipped_low, clipped_high = clipped_surrogate(ratio, advantages, grpo.eps_low, grpo.eps_high)
+    stats = {
+        "clip_low_frac": masked_mean(clipped_low.float(), mask).item(),
+        "clip_high_frac": masked_mean(clipped_high.float(), mask).item(),
+    }
+    if ref_logprobs is not None and grpo.beta > 0:
+        kl = KL_ESTIMATORS[grpo.kl_estimator](logprobs, ref_logprobs)  # [B, T]
+        token_loss = token_loss + grpo.beta * kl
+        stats["kl"] = masked_mean(kl.detach(), mask).item()
+    if entropy is not None:
+        if grpo.entropy_coef:
+            token_loss = token_loss - grpo.entropy_coef * entropy
+        stats["entropy"] = masked_mean(entropy.detach(), mask).item()
+    loss = aggregate(
+        token_loss, mask, grpo.aggregation, normalisers.num_sequences, normalisers.num_tokens, normalisers.max_length
+    )
+    return loss, stats

@@ -1,0 +1,66 @@
+"""The `grpolab` command line. Each subcommand lives in `grpolab/commands/<name>.py` and exposes
+`register(subparsers)`, which adds its parser and sets `func(args) -> int` as the handler.
+
+Errors that are the user's (bad config, missing model or data) print one line and exit 2;
+`--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ["train", "eval", "sft", "sample", "distill", "pipeline", "score", "report", "chat", "bench"]
+
+
+class UserError(Exception):
+    """Raised for problems the user can fix; printed as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grpolab", description="GRPO and the DeepSeek-R1 recipe.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"grpolab.commands.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"grpolab.commands.{name}":
+                raise
+            continue  # a command not built yet
+        module.register(subparsers)
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from grpolab.config import ConfigError
+    from grpolab.models import ModelError
+    from grpolab.tasks import TaskError
+
+    return (UserError, ConfigError, ModelError, TaskError, FileNotFoundError, FileExistsError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except user_errors() as error:
+        if debug:
+            raise
+        print(f"grpolab {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"grpolab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

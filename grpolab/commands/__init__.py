@@ -1,0 +1,1 @@
+"""One module per `grpolab` subcommand; each exposes `register(subparsers)`."""

@@ -1,0 +1,98 @@
+"""From examples to a scored rollout batch: prompt -> G completions each -> rewards -> padded tensors.
+
+The batch is laid out as B = N * G rows (the G completions of a prompt are adjacent), each row a
+left-padded prompt followed by a right-padded completion, which is what `completion_logprobs` expects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from grpolab.engine.base import Completion, SamplingParams
+from grpolab.engine.hf import left_pad
+from grpolab.rewards import combine
+
+
+def encode_prompt(tokenizer, task, example: dict) -> list[int]:
+    """Chat-template the task's messages; a tokenizer without a chat template gets a plain
+    `Question: ...\\nAnswer:` rendering (documented fallback)."""
+    messages = task.messages(example)
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+    text = "".join(f"{m['content']}\n" for m in messages if m["role"] == "system")
+    text += f"Question: {messages[-1]['content']}\nAnswer:"
+    return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+
+@dataclass
+class RolloutBatch:
+    examples: list[dict]  # N
+    completions: list[Completion]  # B = N * G, grouped
+    prompt_ids: torch.Tensor  # [B, P] left-padded
+    prompt_mask: torch.Tensor  # [B, P]
+    completion_ids: torch.Tensor  # [B, T] right-padded
+    completion_mask: torch.Tensor  # [B, T] 1 on completion tokens (stop token included)
+    sampling_logprobs: torch.Tensor  # [B, T] log-probs under the sampling distribution
+    rewards: torch.Tensor  # [N, G] total reward
+    reward_parts: dict[str, list[float | None]] = field(default_factory=dict)  # per function, B values
+    correct: list[bool] = field(default_factory=list)  # B
+
+    @property
+    def group_size(self) -> int:
+        return self.rewards.shape[1]
+
+
+def right_pad(rows: list[list], pad, dtype) -> torch.Tensor:
+    width = max(1, max(len(r) for r in rows))
+    out = torch.full((len(rows), width), pad, dtype=dtype)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=dtype)
+    return out
+
+
+def collect_rollout(engine, tokenizer, task, examples: list[dict], group_size: int, params: SamplingParams, weights):
+    """Generate G completions per example, score them with the task's rewards, and build the batch."""
+    prompts = [encode_prompt(tokenizer, task, example) for example in examples]
+    groups = engine.generate(prompts, group_size, params)
+    completions = [c for group in groups for c in group]
+    texts = [c.text for c in completions]
+    repeated = [example for example in examples for _ in range(group_size)]
+    functions = {name: f for name, f in task.reward_functions().items() if weights.get(name, 0.0) != 0.0}
+    totals, parts = combine(functions, weights, texts, repeated)
+    prompt_ids, prompt_mask = left_pad([p for p in prompts for _ in range(group_size)], tokenizer.pad_token_id)
+    return RolloutBatch(
+        examples=examples,
+        completions=completions,
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=right_pad([c.token_ids for c in completions], tokenizer.pad_token_id, torch.long),
+        completion_mask=right_pad([[1] * len(c.token_ids) for c in completions], 0, torch.long),
+        sampling_logprobs=right_pad([c.logprobs for c in completions], 0.0, torch.float32),
+        rewards=torch.tensor(totals, dtype=torch.float32).view(len(examples), group_size),
+        reward_parts=parts,
+        correct=[task.is_correct(text, example) for text, example in zip(texts, repeated)],
+    )
+
+
+def micro_batches(batch: RolloutBatch, size: int):
+    """Row slices of the batch with the padding columns that no row of the slice uses trimmed away."""
+    for start in range(0, batch.prompt_ids.shape[0], size):
+        rows = slice(start, start + size)
+        prompt_mask = batch.prompt_mask[rows]
+        first = int((prompt_mask.sum(0) > 0).nonzero().min())  # first column any row uses
+        completion_mask = batch.completion_mask[rows]
+        last = max(1, int(completion_mask.sum(1).max()))
+        yield (
+            rows,
+            (
+                batch.prompt_ids[rows, first:],
+                prompt_mask[:, first:],
+                batch.completion_ids[rows, :last],
+                completion_mask[:, :last],
+            ),
+        )
