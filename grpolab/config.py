@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["grpolab", "hf"] = "grpolab"
+    engine: Literal["grpolab", "hf"] = "hf"  # TODO(engine merge): grpolab
     prompts_per_step: int = 8
     group_size: int = 8
     max_new_tokens: int = 48
@@ -150,6 +150,11 @@ def _coerce(key: str, value: Any, tp) -> Any:
             raise ConfigError(f"{key}: got {value!r}, expected true or false")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: got {value!r}, expected a float")
         return float(value)

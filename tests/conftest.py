@@ -1,0 +1,43 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small settings that make a GRPO run on tiny-random take seconds.
+TINY = [
+    "model=tiny-random",
+    "train.max_steps=3",
+    "rollout.prompts_per_step=2",
+    "rollout.group_size=4",
+    "rollout.max_new_tokens=16",
+    "eval.n=8",
+    "eval.max_new_tokens=16",
+    "reward.weights.format=1.0",  # random text sometimes ends in a digit: a non-zero signal
+]
+
+
+def run_cli(*args: str, check: bool = False, timeout: int = 600, env: dict | None = None):
+    """Run `python -m grpolab ARGS` from the repository root; returns the CompletedProcess."""
+    result = subprocess.run(
+        [sys.executable, "-m", "grpolab", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"grpolab {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One 3-step GRPO run on tiny-random through the CLI, shared by the tests that inspect its folder."""
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    run_cli("train", *TINY, f"output_dir={run_dir}", check=True)
+    return run_dir
