@@ -37,8 +37,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from grpolab.config import ConfigError
     from grpolab.models import ModelError
     from grpolab.tasks import TaskError
+    from grpolab.trainer import TrainingError
 
-    return (UserError, ConfigError, ModelError, TaskError, FileNotFoundError, FileExistsError)
+    return (UserError, ConfigError, ModelError, TaskError, TrainingError, FileNotFoundError, FileExistsError)
 
 
 def main(argv: list[str] | None = None) -> int:

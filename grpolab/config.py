@@ -7,6 +7,7 @@ run folder (`config.yaml`), so a run can always be reproduced from its own folde
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     micro_batch_size: int = 16
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    save_every: int = 20
+    keep_checkpoints: int = 2
+    max_nonfinite_steps: int = 3
 
 
 @dataclass
@@ -89,6 +93,7 @@ class Config:
     output_dir: str = ""
     name: str = "grpo-arithmetic"
     overwrite: bool = False
+    resume: bool = False
     seed: int = 0
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -115,6 +120,9 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.weight_decay": (lambda v: v >= 0, "a float >= 0"),
     "train.max_grad_norm": (lambda v: v > 0, "a float > 0"),
     "train.micro_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "train.save_every": (lambda v: v >= 0, "an integer >= 0 (0 saves no checkpoints)"),
+    "train.keep_checkpoints": (lambda v: v >= 1, "an integer >= 1"),
+    "train.max_nonfinite_steps": (lambda v: v >= 1, "an integer >= 1"),
     "grpo.beta": (lambda v: v >= 0, "a float >= 0"),
     "grpo.mu": (lambda v: v >= 1, "an integer >= 1"),
     "grpo.eps_low": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
@@ -151,10 +159,8 @@ def _coerce(key: str, value: Any, tp) -> Any:
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: got {value!r}, expected a float")
         return float(value)

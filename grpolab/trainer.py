@@ -16,14 +16,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import signal
 import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from grpolab.algorithms.advantages import compute_advantages
 from grpolab.algorithms.logprobs import completion_logprobs
 from grpolab.algorithms.objective import Normalisers, grpo_loss
+from grpolab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
 from grpolab.config import Config, ConfigError, to_yaml
 from grpolab.engine import SamplingParams, make_engine
 from grpolab.evaluation import greedy_accuracy
@@ -111,10 +114,49 @@ def optimisation_pass(policy, batch, advantages, old_logprobs, ref_logprobs, con
     return totals, current
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite updates); printed as one line."""
+
+
+class StopRequest:
+    """SIGINT / SIGTERM ask for a checkpoint at the next step boundary instead of dying mid-update."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
+                self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def open_run_dir(config: Config) -> tuple[Path, Path | None]:
+    """A fresh run folder, or (with `resume=true`) the existing one and its newest complete checkpoint."""
+    run_dir = config.run_dir()
+    if not config.resume:
+        prepare_run_dir(run_dir, config.overwrite)
+        write_text_atomic(run_dir / "config.yaml", to_yaml(config))
+        return run_dir, None
+    if not (run_dir / "config.yaml").exists():
+        raise FileNotFoundError(f"resume: {str(run_dir)!r} holds no run (no config.yaml)")
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:  # crashed before its first checkpoint: start again in the same folder
+        truncate_metrics(run_dir / "metrics.jsonl", 0)
+    return run_dir, checkpoint
+
+
 def train(config: Config, log=print) -> Path:
     """Run GRPO as configured; returns the run folder."""
-    run_dir = prepare_run_dir(config.run_dir(), config.overwrite)
-    write_text_atomic(run_dir / "config.yaml", to_yaml(config))
+    run_dir, checkpoint = open_run_dir(config)
     torch.manual_seed(config.seed)
     on = device()
     task = get_task(config.task)
@@ -126,7 +168,6 @@ def train(config: Config, log=print) -> Path:
     reference = None
     if config.grpo.beta > 0:  # no reference model at all when beta = 0
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
-    engine = make_engine(config.rollout.engine, policy, tokenizer, config.rollout.dtype)
     optimizer = torch.optim.AdamW(
         policy.parameters(),
         lr=config.train.learning_rate,
@@ -134,65 +175,63 @@ def train(config: Config, log=print) -> Path:
         weight_decay=config.train.weight_decay,
     )
     scheduler = make_scheduler(optimizer, config)
+    state = {"examples_consumed": 0, "nonfinite_in_a_row": 0, "eval": {}}
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, policy, optimizer, scheduler)
+        if reference is not None and "reference_step" in state:
+            reference.load_state_dict(load_file(str(checkpoint / "reference.safetensors")), strict=False)
+        truncate_metrics(run_dir / "metrics.jsonl", state["step"])
+        log(f"resuming {run_dir} from {checkpoint.name}")
+    engine = make_engine(config.rollout.engine, policy, tokenizer, config.rollout.dtype)
     metrics_writer = MetricsWriter(run_dir / "metrics.jsonl")
     eval_examples = task.eval_examples(config.eval.n)
-    results = {"n": len(eval_examples)}
     progress = Progress(config.train.max_steps, config.log.quiet, config.log.every)
-    if config.eval.before and eval_examples:
+    if config.eval.before and eval_examples and "before" not in state["eval"]:
         accuracy, _ = greedy_accuracy(
             engine, tokenizer, task, eval_examples, config.eval.max_new_tokens, config.eval.batch_size
         )
-        results["before"] = {"accuracy": accuracy}
+        state["eval"]["before"] = {"accuracy": accuracy}
         progress.message(f"held-out accuracy before training: {accuracy:.3f} (n={len(eval_examples)})")
     stream = task.train_stream(config.seed)
-    rollout = config.rollout
-    for step in range(1, config.train.max_steps + 1):
-        timer = Timer()
-        examples = [next(stream) for _ in range(rollout.prompts_per_step)]
-        params = SamplingParams(
-            max_new_tokens=rollout.max_new_tokens,
-            temperature=rollout.temperature,
-            top_p=rollout.top_p,
-            top_k=rollout.top_k,
-            seed=config.seed * 1_000_003 + step,
-        )
-        with timer("generate"):
-            policy.eval()
-            batch = collect_rollout(engine, tokenizer, task, examples, rollout.group_size, params, weights)
-        advantages = compute_advantages(batch.rewards, config.grpo.advantage).reshape(-1, 1)  # [B, 1]
-        old_logprobs = ref_logprobs = None
-        if config.grpo.mu > 1:
-            with timer("old_logprobs"):
-                old_logprobs = batch_logprobs(
-                    policy, batch, config.train.micro_batch_size, rollout.temperature, bf16, on
-                )
-        if reference is not None:
-            with timer("reference"):
-                ref_logprobs = batch_logprobs(
-                    reference, batch, config.train.micro_batch_size, rollout.temperature, bf16, on
-                )
-        policy.train()
-        for update in range(config.grpo.mu):
-            with timer("policy"):
-                optimizer.zero_grad(set_to_none=True)
-                stats, current = optimisation_pass(
-                    policy, batch, advantages, old_logprobs, ref_logprobs, config, bf16, on
-                )
-            with timer("optimizer"):
-                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.train.max_grad_norm).item()
-                optimizer.step()
-            if update == 0:
-                first_stats, first_logprobs = stats, current
-        scheduler.step()
-        engine.sync_weights(policy)
-        if config.grpo.ref_reset_every and reference is not None and step % config.grpo.ref_reset_every == 0:
-            reference.load_state_dict(policy.state_dict())  # R1: pi_ref <- pi_theta every K steps
-        record = step_metrics(step, batch, first_stats, first_logprobs, grad_norm, scheduler, timer)
-        metrics_writer.write(record)
-        progress.update(record)
+    for _ in range(state["examples_consumed"]):  # the data stream resumes where the checkpoint left it
+        next(stream)
+    with StopRequest() as stop:
+        for step in range(state.get("step", 0) + 1, config.train.max_steps + 1):
+            examples = [next(stream) for _ in range(config.rollout.prompts_per_step)]
+            state["examples_consumed"] += len(examples)
+            record = grpo_step(
+                step,
+                examples,
+                policy,
+                reference,
+                engine,
+                tokenizer,
+                task,
+                weights,
+                optimizer,
+                scheduler,
+                config,
+                bf16,
+                on,
+            )
+            check_finite(record, state, config)
+            if config.grpo.ref_reset_every and reference is not None and step % config.grpo.ref_reset_every == 0:
+                reference.load_state_dict(policy.state_dict())  # R1: pi_ref <- pi_theta every K steps
+                state["reference_step"] = step
+            metrics_writer.write(record)
+            progress.update(record)
+            state["step"] = step
+            last = step == config.train.max_steps
+            if stop.requested or (config.train.save_every and step % config.train.save_every == 0 and not last):
+                save_training_checkpoint(run_dir, step, policy, reference, optimizer, scheduler, state, config)
+            if stop.requested:
+                progress.close()
+                log(f"stopped at step {step}; checkpoint saved. Resume with: grpolab train --resume {run_dir}")
+                return run_dir
     progress.close()
+    results = {"n": len(eval_examples), **state["eval"]}
     if config.eval.after and eval_examples:
-        accuracy, samples = greedy_accuracy(
+        accuracy, _ = greedy_accuracy(
             engine, tokenizer, task, eval_examples, config.eval.max_new_tokens, config.eval.batch_size
         )
         results["after"] = {"accuracy": accuracy}
@@ -200,6 +239,72 @@ def train(config: Config, log=print) -> Path:
     save_model_atomic(policy, tokenizer, run_dir / "final")
     log(summary_line(results, run_dir))
     return run_dir
+
+
+def grpo_step(
+    step, examples, policy, reference, engine, tokenizer, task, weights, optimizer, scheduler, config, bf16, on
+) -> dict:
+    """One GRPO step: rollout, advantages, reference / old log-probs, mu optimisation passes."""
+    timer = Timer()
+    rollout = config.rollout
+    params = SamplingParams(
+        max_new_tokens=rollout.max_new_tokens,
+        temperature=rollout.temperature,
+        top_p=rollout.top_p,
+        top_k=rollout.top_k,
+        seed=config.seed * 1_000_003 + step,
+    )
+    with timer("generate"):
+        policy.eval()
+        batch = collect_rollout(engine, tokenizer, task, examples, rollout.group_size, params, weights)
+    advantages = compute_advantages(batch.rewards, config.grpo.advantage).reshape(-1, 1)  # [B, 1]
+    old_logprobs = ref_logprobs = None
+    if config.grpo.mu > 1:
+        with timer("old_logprobs"):
+            old_logprobs = batch_logprobs(policy, batch, config.train.micro_batch_size, rollout.temperature, bf16, on)
+    if reference is not None:
+        with timer("reference"):
+            ref_logprobs = batch_logprobs(
+                reference, batch, config.train.micro_batch_size, rollout.temperature, bf16, on
+            )
+    policy.train()
+    skipped = 0
+    for update in range(config.grpo.mu):
+        with timer("policy"):
+            optimizer.zero_grad(set_to_none=True)
+            stats, current = optimisation_pass(policy, batch, advantages, old_logprobs, ref_logprobs, config, bf16, on)
+        with timer("optimizer"):
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.train.max_grad_norm).item()
+            if math.isfinite(grad_norm) and math.isfinite(stats["loss"]):
+                optimizer.step()
+            else:  # a non-finite update is skipped, never applied
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+        if update == 0:
+            first_stats, first_logprobs = stats, current
+    scheduler.step()
+    engine.sync_weights(policy)
+    record = step_metrics(step, batch, first_stats, first_logprobs, grad_norm, scheduler, timer)
+    record["skipped_updates"] = skipped
+    return record
+
+
+def check_finite(record: dict, state: dict, config: Config) -> None:
+    if record["skipped_updates"] == 0:
+        state["nonfinite_in_a_row"] = 0
+        return
+    state["nonfinite_in_a_row"] += 1
+    if state["nonfinite_in_a_row"] >= config.train.max_nonfinite_steps:
+        raise TrainingError(
+            f"step {record['step']}: non-finite loss or gradients in {state['nonfinite_in_a_row']} steps in a row "
+            f"(train.max_nonfinite_steps={config.train.max_nonfinite_steps}); lower train.learning_rate or check the data"
+        )
+
+
+def save_training_checkpoint(run_dir, step, policy, reference, optimizer, scheduler, state, config) -> None:
+    # A reference that was reset is no longer the base model: it is saved too.
+    extra = {"reference": reference} if reference is not None and "reference_step" in state else {}
+    save_checkpoint(run_dir, step, policy, optimizer, scheduler, state, config.train.keep_checkpoints, extra)
 
 
 def summary_line(results: dict, run_dir: Path) -> str:
