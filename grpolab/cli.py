@@ -36,9 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 def user_errors() -> tuple[type[BaseException], ...]:
     from grpolab.config import ConfigError
     from grpolab.models import ModelError
+    from grpolab.rewards.runner import RewardError
     from grpolab.tasks import TaskError
 
-    return (UserError, ConfigError, ModelError, TaskError, FileNotFoundError, FileExistsError)
+    return (UserError, ConfigError, ModelError, TaskError, RewardError, FileNotFoundError, FileExistsError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,12 +24,13 @@ import torch
 from grpolab.algorithms.advantages import compute_advantages
 from grpolab.algorithms.logprobs import completion_logprobs
 from grpolab.algorithms.objective import Normalisers, grpo_loss
-from grpolab.config import Config, ConfigError, to_yaml
+from grpolab.config import Config, to_yaml
 from grpolab.engine import SamplingParams, make_engine
 from grpolab.evaluation import greedy_accuracy
 from grpolab.hardware import device, use_bf16
 from grpolab.models import load_model, load_tokenizer, resolve_model_path
 from grpolab.progress import Progress
+from grpolab.rewards.runner import RewardRunner, resolve_weights
 from grpolab.rollout import collect_rollout, micro_batches
 from grpolab.runs import MetricsWriter, prepare_run_dir, save_model_atomic, write_json_atomic, write_text_atomic
 from grpolab.tasks import get_task
@@ -37,16 +38,6 @@ from grpolab.tasks import get_task
 
 def autocast_context(bf16: bool, on: torch.device):
     return torch.autocast(on.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
-def resolve_weights(task, overrides: dict[str, float]) -> dict[str, float]:
-    weights = dict(task.default_weights())
-    for name, weight in overrides.items():
-        if name not in task.reward_functions():
-            allowed = ", ".join(task.reward_functions())
-            raise ConfigError(f"reward.weights.{name}: task {task.name!r} has no such reward (allowed: {allowed})")
-        weights[name] = weight
-    return weights
 
 
 def make_scheduler(optimizer, config: Config):
@@ -117,8 +108,12 @@ def train(config: Config, log=print) -> Path:
     write_text_atomic(run_dir / "config.yaml", to_yaml(config))
     torch.manual_seed(config.seed)
     on = device()
-    task = get_task(config.task)
+    task = get_task(config.task, config.reward)
     weights = resolve_weights(task, config.reward.weights)
+    reward = config.reward
+    rewards = RewardRunner(
+        task.reward_functions(), weights, reward.on_error, reward.timeout_seconds, reward.num_workers
+    )
     model_path = resolve_model_path(config.model, log=log)
     tokenizer = load_tokenizer(model_path)
     policy = load_model(model_path).to(on)
@@ -158,7 +153,7 @@ def train(config: Config, log=print) -> Path:
         )
         with timer("generate"):
             policy.eval()
-            batch = collect_rollout(engine, tokenizer, task, examples, rollout.group_size, params, weights)
+            batch = collect_rollout(engine, tokenizer, task, examples, rollout.group_size, params, rewards)
         advantages = compute_advantages(batch.rewards, config.grpo.advantage).reshape(-1, 1)  # [B, 1]
         old_logprobs = ref_logprobs = None
         if config.grpo.mu > 1:
@@ -191,6 +186,7 @@ def train(config: Config, log=print) -> Path:
         metrics_writer.write(record)
         progress.update(record)
     progress.close()
+    rewards.close()
     if config.eval.after and eval_examples:
         accuracy, samples = greedy_accuracy(
             engine, tokenizer, task, eval_examples, config.eval.max_new_tokens, config.eval.batch_size
@@ -245,6 +241,7 @@ def step_metrics(step, batch, stats, trainer_logprobs, grad_norm, scheduler, tim
         "learning_rate": scheduler.get_last_lr()[0],
         "completion_len_mean": lengths.mean().item(),
         "truncated_frac": sum(c.finish_reason == "length" for c in batch.completions) / len(batch.completions),
+        "reward_errors": batch.reward_errors,
         "zero_std_groups_frac": (rewards.std(dim=1) == 0).float().mean().item(),
         "logprob_mismatch": ((batch.sampling_logprobs - trainer_logprobs).abs() * mask).sum().item()
         / max(1.0, mask.sum().item()),

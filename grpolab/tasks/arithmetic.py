@@ -65,7 +65,7 @@ class ArithmeticTask(Task):
             raise ValueError(f"eval.n: the arithmetic held-out split has {HELD_OUT_SIZE} examples, got {n}")
         return self._held_out[:n]
 
-    def reward_functions(self):
+    def task_rewards(self):
         return {
             "correctness": lambda completion, example: number_correctness(completion, example["answer"]),
             "format": lambda completion, example: answer_last(completion),
