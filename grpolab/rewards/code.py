@@ -46,7 +46,9 @@ def humaneval_program(prompt: str, completion: str, entry_point: str) -> str:
     return prompt + code
 
 
-def tests_reward(program: str, tests: list[str], limits: SandboxLimits | None = None, partial: bool = False) -> float:
+def sandboxed_tests_reward(
+    program: str, tests: list[str], limits: SandboxLimits | None = None, partial: bool = False
+) -> float:
     """1.0 when all tests pass (0.0 otherwise), or with `partial` the fraction of tests passing."""
     result = run_python(program, tests, limits)
     if partial:

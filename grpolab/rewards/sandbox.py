@@ -243,6 +243,27 @@ def kill_uid(uid: int | None) -> None:
             pass
         os._exit(0)
     os.waitpid(child, 0)
+    deadline = time.monotonic() + 5.0  # a killed process that held much memory takes a moment to exit
+    while living_processes(uid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def living_processes(uid: int) -> list[int]:
+    """Process ids of `uid` that are not yet dead (zombies are dead: only their exit status is left)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if int(fields.get("Uid", "-1").split()[0]) == uid and not fields.get("State", "").strip().startswith(
+            ("Z", "X")
+        ):
+            found.append(int(entry))
+    return found
 
 
 def rlimits(limits: SandboxLimits) -> dict[str, int]:

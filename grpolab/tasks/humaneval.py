@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from grpolab.rewards.code import extract_code, humaneval_program, tests_reward
+from grpolab.rewards.code import extract_code, humaneval_program, sandboxed_tests_reward
 from grpolab.rewards.sandbox import SandboxLimits
 from grpolab.tasks import TaskError
 from grpolab.tasks.data import FileTask, Splits, read_jsonl, split_rows
@@ -65,7 +65,7 @@ class HumanEvalTask(FileTask):
 
     def task_rewards(self):
         def tests(completion: str, example: dict) -> float:
-            return tests_reward(*self.program_and_tests(completion, example), SANDBOX)
+            return sandboxed_tests_reward(*self.program_and_tests(completion, example), SANDBOX)
 
         return {"tests": tests}
 
@@ -73,4 +73,4 @@ class HumanEvalTask(FileTask):
         return extract_code(completion)
 
     def is_correct(self, completion: str, example: dict) -> bool:
-        return tests_reward(*self.program_and_tests(completion, example), SANDBOX) == 1.0
+        return sandboxed_tests_reward(*self.program_and_tests(completion, example), SANDBOX) == 1.0
