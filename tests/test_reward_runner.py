@@ -50,16 +50,16 @@ def test_weighted_total_skips_none(num_workers):
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_a_raising_function_stops_the_run_naming_function_and_row(num_workers):
-    with RewardRunner({"raises": raises}, {"raises": 1.0}, num_workers=num_workers) as runner:
-        with pytest.raises(RewardError, match=r"reward 'raises' failed on row 1: KeyError"):
-            runner.score(["ok", "bad"], [{}, {}])
+    runner = RewardRunner({"raises": raises}, {"raises": 1.0}, num_workers=num_workers)
+    with runner, pytest.raises(RewardError, match=r"reward 'raises' failed on row 1: KeyError"):
+        runner.score(["ok", "bad"], [{}, {}])
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_wrong_values_are_errors_and_zero_mode_counts_them(num_workers):
-    with RewardRunner({"two": two_values}, {"two": 1.0}, num_workers=num_workers) as runner:
-        with pytest.raises(RewardError, match="reward 'two' failed on row 0: .*expected one finite number"):
-            runner.score(["a"], [{}])
+    runner = RewardRunner({"two": two_values}, {"two": 1.0}, num_workers=num_workers)
+    with runner, pytest.raises(RewardError, match="reward 'two' failed on row 0: .*expected one finite number"):
+        runner.score(["a"], [{}])
     with RewardRunner({"two": two_values, "raises": raises}, {"two": 1.0, "raises": 2.0}, "zero", 5, num_workers) as r:
         scores = r.score(["a", "bad"], [{}, {}])
     assert scores.errors == 3
@@ -75,9 +75,9 @@ def test_a_hanging_function_is_stopped_at_its_time_limit_and_the_pool_recovers()
         assert scores.parts["hangs"] == [1.0, 0.0, 1.0, 1.0]
         assert scores.errors == 1
         assert runner.score(["ok"], [{}]).totals == [1.0]  # the killed worker was replaced
-    with RewardRunner({"hangs": hangs}, {"hangs": 1.0}, timeout_seconds=1.0, num_workers=1) as runner:
-        with pytest.raises(RewardError, match="reward 'hangs' failed on row 0: took longer than 1 s"):
-            runner.score(["hang"], [{}])
+    runner = RewardRunner({"hangs": hangs}, {"hangs": 1.0}, timeout_seconds=1.0, num_workers=1)
+    with runner, pytest.raises(RewardError, match="reward 'hangs' failed on row 0: took longer than 1 s"):
+        runner.score(["hang"], [{}])
 
 
 class Batched:

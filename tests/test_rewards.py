@@ -68,9 +68,7 @@ def test_language_consistency_counts_words_by_script():
         language_consistency("x", "xx")
 
 
-@pytest.mark.parametrize(
-    "length, expected", [(0, 0.0), (80, 0.0), (90, -0.5), (100, -1.0), (101, -1.0)]
-)
+@pytest.mark.parametrize("length, expected", [(0, 0.0), (80, 0.0), (90, -0.5), (100, -1.0), (101, -1.0)])
 def test_soft_overlong_punishment_is_dapos_ramp(length, expected):
     assert soft_overlong_punishment(length, max_length=100, buffer=20) == pytest.approx(expected)
 
@@ -81,7 +79,7 @@ def test_length_penalty():
 
 
 def test_humaneval_program_assembly():
-    prompt = "from typing import List\n\n\ndef f(x: List[int]) -> int:\n    \"\"\"doc\"\"\"\n"
+    prompt = 'from typing import List\n\n\ndef f(x: List[int]) -> int:\n    """doc"""\n'
     assert humaneval_program(prompt, "    return 1\n", "f") == prompt + "    return 1\n"
     fenced = "Here:\n```python\ndef f(x):\n    return 2\n```\nDone."
     assert humaneval_program(prompt, fenced, "f") == "from typing import List\ndef f(x):\n    return 2\n"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from grpolab.cli import main
 from grpolab.tasks import get_task
 
@@ -73,5 +71,7 @@ def test_bad_input_is_one_line_and_nothing_is_overwritten(tmp_path, capsys):
     output.write_text("keep me")
     code, _, err = score(capsys, "--task", "gsm8k", "--input", source, "--output", output)
     assert code == 2 and "exists" in err and output.read_text() == "keep me"
-    code, _, err = score(capsys, "--task", "gsm8k", "--input", source, "--output", tmp_path / "o.jsonl", "--weight", "x=1")
+    code, _, err = score(
+        capsys, "--task", "gsm8k", "--input", source, "--output", tmp_path / "o.jsonl", "--weight", "x=1"
+    )
     assert code == 2 and "reward.weights.x" in err
