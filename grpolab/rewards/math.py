@@ -70,14 +70,15 @@ def math_equal(predicted: str, reference: str, timeout_seconds: int = 5) -> bool
     """Whether two answer spans denote the same mathematical object (math-verify)."""
     from math_verify import verify
 
+    left, right = to_number(predicted.strip()), to_number(reference.strip())
+    if left is not None and right is not None:  # two plain numbers: exact, no parsing needed
+        return left == right
     timeout = timeout_seconds if threading.current_thread() is threading.main_thread() else None
     references = parse_expression(reference, timeout)
     candidates = [predicted]
     numbers = NUMBER.findall(predicted)
     if len(numbers) == 1:  # units, currency signs and thousands separators around a single number
         candidates.append(numbers[0].replace(",", ""))
-    if numbers_equal(predicted.strip(), reference):
-        return True
     for candidate in candidates:
         parsed = parse_expression(candidate, timeout)
         if parsed and references and verify(references, parsed, timeout_seconds=timeout):

@@ -19,6 +19,7 @@ from grpolab.config import ConfigError
 from grpolab.rewards.format import r1_format_partial, r1_format_strict
 from grpolab.rewards.language import SCRIPTS, language_consistency
 from grpolab.rewards.length import length_penalty, soft_overlong_punishment
+from grpolab.rewards.runner import cheap
 
 
 def overlong_reward(buffer_fraction: float) -> Callable[[str, dict], float | None]:
@@ -51,9 +52,8 @@ def optional_rewards(config, question_of: Callable[[dict], str]) -> dict[str, Ca
         "overlong": overlong_reward(config.overlong_buffer),
         "length_penalty": length_reward,
     }
-    for name in ("r1_format", "r1_format_partial", "language", "length_penalty"):
-        functions[name].cheap = True  # pure string work: in-process beats a round trip to a worker
-    functions["overlong"].cheap = True
+    for function in functions.values():
+        cheap(function)  # pure string work: in this process beats a round trip to a worker
     if config.model:
         from grpolab.rewards.reward_model import RewardModelScorer
 

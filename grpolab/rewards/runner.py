@@ -37,6 +37,12 @@ class RewardScores:
     error_messages: list[str] = field(default_factory=list)
 
 
+def cheap(function: Callable) -> Callable:
+    """Mark a reward function as pure string work, scored in this process (module docstring)."""
+    function.cheap = True
+    return function
+
+
 def resolve_weights(task, overrides: dict[str, float]) -> dict[str, float]:
     """The task's default weights with the config's `reward.weights` applied; unknown names are errors."""
     from grpolab.config import ConfigError

@@ -13,7 +13,7 @@ from __future__ import annotations
 from importlib import resources
 
 from grpolab.rewards.code import extract_code, humaneval_program, sandboxed_tests_reward
-from grpolab.rewards.sandbox import SandboxLimits
+from grpolab.rewards.sandbox import SandboxLimits, isolation
 from grpolab.tasks import TaskError
 from grpolab.tasks.data import FileTask, Splits, read_jsonl, split_rows
 
@@ -64,6 +64,8 @@ class HumanEvalTask(FileTask):
         return program, [f"{example['test']}\ncheck({example['entry_point']})\n"]
 
     def task_rewards(self):
+        isolation()  # probed (and warned about) once here, not once per forked worker
+
         def tests(completion: str, example: dict) -> float:
             return sandboxed_tests_reward(*self.program_and_tests(completion, example), SANDBOX)
 
