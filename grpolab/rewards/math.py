@@ -68,11 +68,11 @@ def parse_expression(text: str, timeout: int | None) -> list:
 
 def math_equal(predicted: str, reference: str, timeout_seconds: int = 5) -> bool:
     """Whether two answer spans denote the same mathematical object (math-verify)."""
-    from math_verify import verify
-
     left, right = to_number(predicted.strip()), to_number(reference.strip())
     if left is not None and right is not None:  # two plain numbers: exact, no parsing needed
         return left == right
+    from math_verify import verify  # imported here: sympy costs about a second to import
+
     timeout = timeout_seconds if threading.current_thread() is threading.main_thread() else None
     references = parse_expression(reference, timeout)
     candidates = [predicted]
