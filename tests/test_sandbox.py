@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from grpolab.rewards import sandbox
-from grpolab.rewards.code import sandboxed_tests_reward
+from grpolab.rewards.code import SandboxedTests, sandboxed_tests_reward
 from grpolab.rewards.sandbox import SandboxLimits
 
 LIMITS = SandboxLimits(timeout_seconds=2.0, memory_mb=512)
@@ -50,7 +50,8 @@ def sandbox_processes() -> list[str]:
     """Living processes (not zombies) of the sandbox uid range."""
     listing = subprocess.run(["ps", "-eo", "uid=,stat="], capture_output=True, text=True).stdout.split("\n")
     rows = [line.split() for line in listing if line.strip()]
-    return [r for r in rows if sandbox.UID_BASE <= int(r[0]) < sandbox.UID_BASE + 1_000_000 and "Z" not in r[1]]
+    top = sandbox.UID_BASE + sandbox.PID_LIMIT * sandbox.SLOTS
+    return [r for r in rows if sandbox.UID_BASE <= int(r[0]) < top and "Z" not in r[1]]
 
 
 def check_hostile(program: str, tests: list[str]) -> None:
@@ -113,3 +114,16 @@ def test_reading_a_file_from_the_home_folder(mode):
         check_hostile(f"data = open({str(secret)!r}).read()\n", ["assert data == 's3cret'"])
     finally:
         secret.unlink()
+
+
+def test_concurrent_sandboxes_do_not_disturb_each_other(mode):
+    """A fork bomb next to honest programs: each sandbox has its own uid, process count and kill sweep."""
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    honest = "import time\ntime.sleep(1.0)\ndef f():\n    return 1\n"
+    rows = [(bomb, ["assert True"]), (honest, ["assert f() == 1"]), (honest, ["assert f() == 1"])]
+    rewards = SandboxedTests(lambda completion, example: rows[example["i"]], LIMITS, concurrency=3)
+    start = time.monotonic()
+    assert rewards.batch(["a", "b", "c"], [{"i": 0}, {"i": 1}, {"i": 2}]) == [0.0, 1.0, 1.0]
+    assert time.monotonic() - start < LIMITS.timeout_seconds + MARGIN
+    assert sandbox_processes() == []
+    assert rewards("b", {"i": 1}) == 1.0 and len(rewards.results) == 2  # remembered: not run again

@@ -66,11 +66,13 @@ def run(args) -> int:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
     if args.workers < 0 or args.timeout <= 0:
         raise UserError("--workers must be >= 0 and --timeout > 0")
-    task = get_task(args.task, RewardConfig())
+    config = RewardConfig(on_error=args.on_error, timeout_seconds=args.timeout, num_workers=args.workers)
+    task = get_task(args.task, config)
     weights = resolve_weights(task, parse_weights(args.weight))
     rows = read_rows(task, args.input)
     start = time.perf_counter()  # scoring time: from rows read to output written
-    with RewardRunner(task.reward_functions(), weights, args.on_error, args.timeout, args.workers) as runner:
+    functions = task.reward_functions()
+    with RewardRunner(functions, weights, config.on_error, config.timeout_seconds, config.num_workers) as runner:
         scores = runner.score([row["completion"] for row in rows], rows)
     partial = output.with_name(output.name + ".partial")
     with open(partial, "w", encoding="utf-8") as file:

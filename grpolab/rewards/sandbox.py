@@ -13,10 +13,10 @@ Layers, strongest first (what this machine offers is detected once, `isolation()
    home folders (`/root`, `/home`) hidden behind empty tmpfs (the interpreter's own install is bound back
    read-only when it lives there), and the run's temporary folder as the only writable place that
    persists; it is deleted afterwards.
-2. **An unprivileged user.** When grpolab runs as root it first drops to a uid of its own (no groups, no
-   capabilities), because the kernel does not apply the process limit to root. The uid is derived from
-   the calling process id, so concurrent sandboxes do not share a process count; after every run all
-   processes of that uid are killed.
+2. **An unprivileged user.** When grpolab runs as root the sandbox drops to a uid of its own (no groups,
+   no capabilities) before any model code runs, because the kernel does not apply the process limit to
+   root. Each concurrent sandbox has its own uid (from the process id and a slot), so sandboxes do not
+   share a process count; after every run all processes of that uid are killed.
 3. **Resource limits** (always): CPU seconds, address space (memory), size of any file written, number of
    processes, open files, no core dumps; a wall-clock limit enforced from outside; a stripped environment;
    stdout/stderr go to files (bounded by the file-size limit), never into this process's memory.
@@ -46,6 +46,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -74,6 +75,8 @@ PRELOAD = [
     "typing",
 ]
 UID_BASE = 1_500_000  # far above any real account; the uid need not exist in /etc/passwd
+SLOTS = 16  # concurrent sandboxes per process
+PID_LIMIT = 1 << 22  # the kernel's largest pid_max: sandbox uids lie below UID_BASE + PID_LIMIT * SLOTS
 
 
 @dataclass
@@ -155,9 +158,40 @@ with _open(result_path, "w") as out:
 """
 
 
+class UidSlots:
+    """Hands each concurrent sandbox of this process a uid of its own (UID_BASE + pid * SLOTS + slot), so
+    that the process limit and the kill sweep of one sandbox never touch another's."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.free = list(range(SLOTS))
+        self.condition = threading.Condition()
+
+    @contextlib.contextmanager
+    def uid(self):
+        if os.geteuid() != 0:
+            yield None
+            return
+        with self.condition:
+            self.condition.wait_for(lambda: self.free)
+            slot = self.free.pop()
+        try:
+            yield UID_BASE + os.getpid() * SLOTS + slot
+        finally:
+            with self.condition:
+                self.free.append(slot)
+                self.condition.notify()
+
+
+@lru_cache(maxsize=4)
+def uid_slots(pid: int) -> UidSlots:
+    """One slot pool per process (a forked worker gets its own: the key is its pid)."""
+    return UidSlots()
+
+
 def sandbox_uid() -> int | None:
-    """A uid of this process's own to drop to when running as root; None when not root."""
-    return UID_BASE + os.getpid() % 1_000_000 if os.geteuid() == 0 else None
+    """The uid the isolation probe drops to (slot 0 of this process); None when not root."""
+    return UID_BASE + os.getpid() * SLOTS if os.geteuid() == 0 else None
 
 
 def interpreter() -> str:
@@ -227,22 +261,21 @@ def make_work_dir(uid: int | None) -> str:
 
 
 def kill_uid(uid: int | None) -> None:
-    """Kill every process of the sandbox's uid (a forked child that became that uid signals -1)."""
+    """Kill every process of the sandbox's uid: a shell running as that uid signals -1, which reaches all
+    processes of its uid (and nothing else). A few passes: a process may fork while a pass runs."""
     if uid is None:
         return
-    child = os.fork()
-    if child == 0:
-        try:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            for _ in range(3):  # a few passes: a process may fork while a pass runs
-                os.kill(-1, signal.SIGKILL)
-                time.sleep(0.01)
-        except OSError:  # ESRCH: no process of the uid is left
-            pass
-        os._exit(0)
-    os.waitpid(child, 0)
+    for _ in range(3):
+        subprocess.run(
+            ["/bin/sh", "-c", "kill -9 -1"],
+            user=uid,
+            group=uid,
+            extra_groups=[],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={},
+        )
+        time.sleep(0.01)
     deadline = time.monotonic() + 5.0  # a killed process that held much memory takes a moment to exit
     while living_processes(uid) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -288,9 +321,13 @@ def tail(path: Path, limit: int = 2000) -> str:
 
 
 def run_python(program: str, tests: list[str], limits: SandboxLimits | None = None) -> SandboxResult:
-    """Run `program`, then each test in the same namespace, sandboxed; count the tests that pass."""
-    limits = limits or SandboxLimits()
-    mode, uid = isolation(), sandbox_uid()
+    """Run `program`, then each test in the same namespace, sandboxed; count the tests that pass.
+    Safe to call from several threads at once (up to SLOTS run together; more wait)."""
+    with uid_slots(os.getpid()).uid() as uid:
+        return run_as(program, tests, limits or SandboxLimits(), isolation(), uid)
+
+
+def run_as(program: str, tests: list[str], limits: SandboxLimits, mode: str, uid: int | None) -> SandboxResult:
     work = make_work_dir(uid)
     nonce = secrets.token_hex(16)
     spec = {

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from importlib import resources
 
-from grpolab.rewards.code import extract_code, humaneval_program, sandboxed_tests_reward
+from grpolab.config import RewardConfig
+from grpolab.rewards.code import SandboxedTests, extract_code, humaneval_program
 from grpolab.rewards.sandbox import SandboxLimits, isolation
 from grpolab.tasks import TaskError
 from grpolab.tasks.data import FileTask, Splits, read_jsonl, split_rows
@@ -35,6 +36,10 @@ class HumanEvalTask(FileTask):
     name = "humaneval"
     fields = ("task_id",)
     system_prompt = "You are an expert Python programmer."
+
+    def __init__(self, source: str = ""):
+        super().__init__(source)
+        self._tests: SandboxedTests | None = None
 
     def splits(self) -> Splits:
         if self._splits is None:
@@ -63,16 +68,20 @@ class HumanEvalTask(FileTask):
         program = humaneval_program(example["prompt"], completion, example["entry_point"])
         return program, [f"{example['test']}\ncheck({example['entry_point']})\n"]
 
+    def tests_reward(self) -> SandboxedTests:
+        """One SandboxedTests per task, so that `is_correct` finds the results the reward computed."""
+        if self._tests is None:
+            config = self.reward_config or RewardConfig()
+            isolation()  # probed, and warned about, once
+            concurrency = config.num_workers or 1
+            self._tests = SandboxedTests(self.program_and_tests, SANDBOX, config.code_partial, concurrency)
+        return self._tests
+
     def task_rewards(self):
-        isolation()  # probed (and warned about) once here, not once per forked worker
-
-        def tests(completion: str, example: dict) -> float:
-            return sandboxed_tests_reward(*self.program_and_tests(completion, example), SANDBOX)
-
-        return {"tests": tests}
+        return {"tests": self.tests_reward()}
 
     def extract_answer(self, completion: str) -> str | None:
         return extract_code(completion)
 
     def is_correct(self, completion: str, example: dict) -> bool:
-        return sandboxed_tests_reward(*self.program_and_tests(completion, example), SANDBOX) == 1.0
+        return self.tests_reward().result(completion, example).status == "passed"
