@@ -12,7 +12,7 @@ Layers, strongest first (what this machine offers is detected once, `isolation()
    `/dev`, its own `/proc` and PID namespace (killing the sandbox kills every process it started), the
    home folders (`/root`, `/home`) hidden behind empty tmpfs (the interpreter's own install is bound back
    read-only when it lives there), and the run's temporary folder as the only writable place that
-   persists; it is deleted afterwards.
+   persists; it is deleted afterwards. The user's own home is hidden too when it lies elsewhere.
 2. **An unprivileged user.** When grpolab runs as root the sandbox drops to a uid of its own (no groups,
    no capabilities) before any model code runs, because the kernel does not apply the process limit to
    root. Each concurrent sandbox has its own uid (from the process id and a slot), so sandboxes do not
@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-HIDDEN_HOMES = ("/root", "/home")
+HOME_ROOTS = ("/root", "/home")
 PRELOAD = [
     "array",
     "bisect",
@@ -198,6 +198,17 @@ def interpreter() -> str:
     return os.path.realpath(sys.executable)
 
 
+def hidden_homes() -> list[str]:
+    """/root, /home and the user's own home wherever it is (unless it holds the temporary folder)."""
+    homes = [home for home in HOME_ROOTS if os.path.isdir(home)]
+    own = os.path.realpath(os.path.expanduser("~"))
+    temporary = os.path.realpath(tempfile.gettempdir())
+    inside = any((own + "/").startswith(home + "/") for home in homes)
+    if own != "/" and os.path.isdir(own) and not inside and not (temporary + "/").startswith(own + "/"):
+        homes.append(own)
+    return homes
+
+
 def interpreter_folders() -> list[str]:
     """The interpreter's own install (stdlib), readable even where it lives under a home folder."""
     return sorted({os.path.realpath(sys.base_prefix), os.path.dirname(interpreter())})
@@ -207,9 +218,9 @@ def bwrap_command(work: str, as_root: bool) -> list[str]:
     """The bubblewrap prefix: see the module docstring for what each part guards. As root, bwrap needs no
     user namespace (the harness drops to the sandbox uid itself); otherwise it makes one and maps to nobody."""
     command = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    command += [arg for home in HIDDEN_HOMES if os.path.isdir(home) for arg in ("--perms", "0755", "--tmpfs", home)]
+    command += [arg for home in hidden_homes() for arg in ("--perms", "0755", "--tmpfs", home)]
     for needed in interpreter_folders():
-        if any((needed + "/").startswith(home + "/") for home in HIDDEN_HOMES):
+        if any((needed + "/").startswith(home + "/") for home in hidden_homes()):
             parents = [str(parent) for parent in reversed(Path(needed).parents) if str(parent) != "/"]
             command += [arg for parent in parents for arg in ("--perms", "0755", "--dir", parent)]
             command += ["--ro-bind", needed, needed]
@@ -333,7 +344,7 @@ def run_as(program: str, tests: list[str], limits: SandboxLimits, mode: str, uid
     spec = {
         "rlimits": rlimits(limits),
         "work": work,
-        "hidden": [h for h in HIDDEN_HOMES if os.path.isdir(h)],
+        "hidden": hidden_homes(),
         "allowed": interpreter_folders(),
         "uid": uid,
         # Without bwrap the stdlib may sit in root's home, unreadable after the drop: import it first.
