@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from grpolab.cli import main
 from grpolab.tasks import get_task
 
@@ -75,3 +77,13 @@ def test_bad_input_is_one_line_and_nothing_is_overwritten(tmp_path, capsys):
         capsys, "--task", "gsm8k", "--input", source, "--output", tmp_path / "o.jsonl", "--weight", "x=1"
     )
     assert code == 2 and "reward.weights.x" in err
+
+
+@pytest.mark.slow
+def test_all_164_humaneval_canonical_solutions_score_one(tmp_path, capsys):
+    problems = get_task("humaneval").problems()
+    rows = [{"task_id": task_id, "completion": p["canonical_solution"]} for task_id, p in problems.items()]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    code, out, _ = score(capsys, "--task", "humaneval", "--input", source, "--output", tmp_path / "out.jsonl")
+    assert code == 0
+    assert json.loads(out[-1])["n"] == 164 and json.loads(out[-1])["mean_reward"] == 1.0

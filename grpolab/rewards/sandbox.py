@@ -48,7 +48,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -97,7 +97,6 @@ class SandboxResult:
     isolation: str
     stdout: str = ""
     stderr: str = ""
-    details: dict = field(default_factory=dict)
 
     @property
     def fraction(self) -> float:
