@@ -130,12 +130,19 @@ RANGES: dict[str, tuple[Any, str]] = {
     "grpo.ref_reset_every": (lambda v: v >= 0, "an integer >= 0 (0 never resets)"),
     "reward.timeout_seconds": (lambda v: v > 0, "a float > 0"),
     "reward.num_workers": (lambda v: v >= 0, "an integer >= 0 (0 scores in the trainer's process)"),
+    "reward.language": (lambda v: v in language_scripts(), "a language code with a known script, e.g. 'en', 'zh'"),
     "reward.overlong_buffer": (lambda v: 0 < v <= 1, "a float in (0, 1] (a fraction of max_new_tokens)"),
     "eval.n": (lambda v: v >= 0, "an integer >= 0"),
     "eval.max_new_tokens": (lambda v: v >= 1, "an integer >= 1"),
     "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "log.every": (lambda v: v >= 1, "an integer >= 1"),
 }
+
+
+def language_scripts() -> dict:
+    from grpolab.rewards.language import SCRIPTS  # pure Python; the reward owns its table
+
+    return SCRIPTS
 
 
 def _describe(tp) -> str:

@@ -104,16 +104,16 @@ def optimisation_pass(policy, batch, advantages, old_logprobs, ref_logprobs, con
 
 def train(config: Config, log=print) -> Path:
     """Run GRPO as configured; returns the run folder."""
-    run_dir = prepare_run_dir(config.run_dir(), config.overwrite)
-    write_text_atomic(run_dir / "config.yaml", to_yaml(config))
-    torch.manual_seed(config.seed)
-    on = device()
-    task = get_task(config.task, config.reward)
+    task = get_task(config.task, config.reward)  # before the run folder: a bad task or weight leaves nothing
     weights = resolve_weights(task, config.reward.weights)
     reward = config.reward
     rewards = RewardRunner(
         task.reward_functions(), weights, reward.on_error, reward.timeout_seconds, reward.num_workers
     )
+    run_dir = prepare_run_dir(config.run_dir(), config.overwrite)
+    write_text_atomic(run_dir / "config.yaml", to_yaml(config))
+    torch.manual_seed(config.seed)
+    on = device()
     model_path = resolve_model_path(config.model, log=log)
     tokenizer = load_tokenizer(model_path)
     policy = load_model(model_path).to(on)
