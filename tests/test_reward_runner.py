@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -26,6 +27,12 @@ def hangs(completion, example):
 def raises(completion, example):
     if completion == "bad":
         raise KeyError("missing")
+    return 1.0
+
+
+def dies(completion, example):
+    if completion == "die":
+        os._exit(3)
     return 1.0
 
 
@@ -97,3 +104,10 @@ def test_batched_functions_get_one_call_and_must_return_one_value_per_completion
     runner = RewardRunner({"rm": Batched(lambda cs: [1.0])}, {"rm": 1.0})
     with pytest.raises(RewardError, match="returned 1 values for 2 completions"):
         runner.score(["a", "b"], [{}, {}])
+
+
+def test_a_worker_that_dies_is_replaced_and_its_row_is_an_error():
+    with RewardRunner({"dies": dies}, {"dies": 1.0}, "zero", num_workers=1) as runner:
+        scores = runner.score(["ok", "die", "ok"], [{}] * 3)
+    assert scores.parts["dies"] == [1.0, 0.0, 1.0]
+    assert scores.error_messages == ["reward 'dies' failed on row 1: the worker process died"]

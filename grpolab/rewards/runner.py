@@ -4,10 +4,13 @@ The total is the weighted sum of the non-None values (None: "does not apply", AL
 each function's values are kept for logging (`rewards/<name>`). Where each function runs:
 
 - functions marked `cheap` (pure string work) run in this process: a round trip to a worker costs more
-  than the work (measured: see tests/test_reward_runner.py and the report);
-- functions marked `batched` (the reward model) run here too, one call for the whole batch;
-- every other function (math-verify, sandboxed code) runs in a pool of forked worker processes, one call
-  at a time each, with a wall-clock limit per call; a worker that overruns is killed and replaced.
+  than the work (measured on 2 shared cores: the R1 format check takes 0.001 ms a row here, 0.19 ms a
+  row through 2 workers);
+- functions with a `batch` method (the reward model; the code reward, which runs its sandboxes, each a
+  process with its own limits, from threads) run here too, one call for the whole batch;
+- every other function (math-verify) runs in a pool of forked worker processes, one call at a time
+  each, with a wall-clock limit per call; a worker that overruns or dies is replaced. `num_workers=0`
+  runs everything here, without time limits (math-verify still bounds its own parses).
 
 A function that raises, overruns its time limit or returns something other than one number (or None) per
 completion stops the run with a `RewardError` naming the function and the row, or, with
@@ -16,6 +19,7 @@ completion stops the run with a `RewardError` naming the function and the row, o
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import time
@@ -175,7 +179,7 @@ class RewardRunner:
         jobs = [(name, row) for name in names for row in range(len(completions))]
         jobs.reverse()  # popped from the end: rows in order
         while len(self.workers) < min(self.num_workers, len(jobs)):
-            self.workers.append(Worker({n: self.functions[n] for n in self.functions}))
+            self.workers.append(Worker(self.functions))
         try:
             while jobs or any(w.job for w in self.workers):
                 for worker in self.workers:
@@ -183,7 +187,9 @@ class RewardRunner:
                         worker.job = jobs.pop()
                         worker.started = time.monotonic()
                         name, row = worker.job
-                        worker.connection.send((name, completions[row], examples[row]))
+                        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                            # a dead worker: its pipe reads as closed below, and it is replaced there
+                            worker.connection.send((name, completions[row], examples[row]))
                 busy = [w for w in self.workers if w.job]
                 deadline = min(w.started for w in busy) + self.timeout_seconds
                 ready = wait([w.connection for w in busy], timeout=max(0.0, deadline - time.monotonic()))
