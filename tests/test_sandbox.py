@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import tempfile
 import time
 import uuid
@@ -46,12 +45,19 @@ def sandbox_folders() -> set[str]:
     return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("grpolab-sandbox-")}
 
 
-def sandbox_processes() -> list[str]:
-    """Living processes (not zombies) of the sandbox uid range."""
-    listing = subprocess.run(["ps", "-eo", "uid=,stat="], capture_output=True, text=True).stdout.split("\n")
-    rows = [line.split() for line in listing if line.strip()]
+def sandbox_processes() -> list[int]:
+    """Living processes (not zombies) with a sandbox uid, read from /proc."""
     top = sandbox.UID_BASE + sandbox.PID_LIMIT * sandbox.SLOTS
-    return [r for r in rows if sandbox.UID_BASE <= int(r[0]) < top and "Z" not in r[1]]
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            status = dict(line.split(":", 1) for line in Path(f"/proc/{entry}/status").read_text().splitlines())
+        except (OSError, ValueError):
+            continue
+        uid = int(status["Uid"].split()[0])
+        if sandbox.UID_BASE <= uid < top and status["State"].split()[0] not in ("Z", "X"):
+            found.append(int(entry))
+    return found
 
 
 def check_hostile(program: str, tests: list[str]) -> None:

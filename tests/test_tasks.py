@@ -65,6 +65,13 @@ def test_data_file_errors_are_one_line_task_errors(tmp_path, content, message):
     assert "\n" not in str(error.value)
 
 
+def test_a_binary_file_is_not_jsonl(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(TaskError, match="not a UTF-8 JSONL file"):
+        get_task(f"gsm8k:{path}").eval_examples(1)
+
+
 def test_unknown_task_and_bad_jsonl_options():
     with pytest.raises(TaskError, match="unknown task 'nope'"):
         get_task("nope")
