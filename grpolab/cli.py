@@ -36,10 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
 def user_errors() -> tuple[type[BaseException], ...]:
     from grpolab.config import ConfigError
     from grpolab.models import ModelError
+    from grpolab.rewards.runner import RewardError
     from grpolab.tasks import TaskError
     from grpolab.trainer import TrainingError
 
-    return (UserError, ConfigError, ModelError, TaskError, TrainingError, FileNotFoundError, FileExistsError)
+    return (
+        UserError, ConfigError, ModelError, TaskError, RewardError, TrainingError, FileNotFoundError, FileExistsError
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

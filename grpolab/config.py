@@ -66,9 +66,17 @@ class GRPOConfig:
 
 @dataclass
 class RewardConfig:
-    """Weights of the task's reward functions by name; an empty map uses the task's defaults."""
+    """Weights of the task's reward functions by name (an empty map uses the task's defaults), how they
+    run (grpolab/rewards/runner.py) and the options of the optional rewards (grpolab/rewards/optional.py)."""
 
     weights: dict[str, float] = field(default_factory=dict)
+    on_error: Literal["raise", "zero"] = "raise"
+    timeout_seconds: float = 30.0
+    num_workers: int = 2
+    language: str = "en"
+    overlong_buffer: float = 0.2
+    code_partial: bool = False
+    model: str = ""
 
 
 @dataclass
@@ -128,11 +136,21 @@ RANGES: dict[str, tuple[Any, str]] = {
     "grpo.eps_low": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
     "grpo.eps_high": (lambda v: v >= 0, "a float >= 0"),
     "grpo.ref_reset_every": (lambda v: v >= 0, "an integer >= 0 (0 never resets)"),
+    "reward.timeout_seconds": (lambda v: v > 0, "a float > 0"),
+    "reward.num_workers": (lambda v: v >= 0, "an integer >= 0 (0 scores in the trainer's process)"),
+    "reward.language": (lambda v: v in language_scripts(), "a language code with a known script, e.g. 'en', 'zh'"),
+    "reward.overlong_buffer": (lambda v: 0 < v <= 1, "a float in (0, 1] (a fraction of max_new_tokens)"),
     "eval.n": (lambda v: v >= 0, "an integer >= 0"),
     "eval.max_new_tokens": (lambda v: v >= 1, "an integer >= 1"),
     "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "log.every": (lambda v: v >= 1, "an integer >= 1"),
 }
+
+
+def language_scripts() -> dict:
+    from grpolab.rewards.language import SCRIPTS  # pure Python; the reward owns its table
+
+    return SCRIPTS
 
 
 def _describe(tp) -> str:

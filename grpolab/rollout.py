@@ -12,7 +12,7 @@ import torch
 
 from grpolab.engine.base import Completion, SamplingParams
 from grpolab.engine.hf import left_pad
-from grpolab.rewards import combine
+from grpolab.rewards.runner import RewardRunner
 
 
 def encode_prompt(tokenizer, task, example: dict) -> list[int]:
@@ -41,6 +41,7 @@ class RolloutBatch:
     rewards: torch.Tensor  # [N, G] total reward
     reward_parts: dict[str, list[float | None]] = field(default_factory=dict)  # per function, B values
     correct: list[bool] = field(default_factory=list)  # B
+    reward_errors: int = 0  # reward calls that failed and scored 0 (reward.on_error=zero)
 
     @property
     def group_size(self) -> int:
@@ -55,15 +56,22 @@ def right_pad(rows: list[list], pad, dtype) -> torch.Tensor:
     return out
 
 
-def collect_rollout(engine, tokenizer, task, examples: list[dict], group_size: int, params: SamplingParams, weights):
-    """Generate G completions per example, score them with the task's rewards, and build the batch."""
+def collect_rollout(engine, tokenizer, task, examples: list[dict], group_size: int, params: SamplingParams, rewards):
+    """Generate G completions per example, score them with the task's rewards, and build the batch.
+    `rewards` is a RewardRunner, or a map of weights scored in this process."""
     prompts = [encode_prompt(tokenizer, task, example) for example in examples]
     groups = engine.generate(prompts, group_size, params)
     completions = [c for group in groups for c in group]
     texts = [c.text for c in completions]
     repeated = [example for example in examples for _ in range(group_size)]
-    functions = {name: f for name, f in task.reward_functions().items() if weights.get(name, 0.0) != 0.0}
-    totals, parts = combine(functions, weights, texts, repeated)
+    if not isinstance(rewards, RewardRunner):
+        rewards = RewardRunner(task.reward_functions(), rewards, num_workers=0)
+    # the length rewards read the token counts from the row
+    rows = [
+        {**e, "completion_tokens": len(c.token_ids), "max_new_tokens": params.max_new_tokens}
+        for e, c in zip(repeated, completions)
+    ]
+    scores = rewards.score(texts, rows)
     prompt_ids, prompt_mask = left_pad([p for p in prompts for _ in range(group_size)], tokenizer.pad_token_id)
     return RolloutBatch(
         examples=examples,
@@ -73,8 +81,9 @@ def collect_rollout(engine, tokenizer, task, examples: list[dict], group_size: i
         completion_ids=right_pad([c.token_ids for c in completions], tokenizer.pad_token_id, torch.long),
         completion_mask=right_pad([[1] * len(c.token_ids) for c in completions], 0, torch.long),
         sampling_logprobs=right_pad([c.logprobs for c in completions], 0.0, torch.float32),
-        rewards=torch.tensor(totals, dtype=torch.float32).view(len(examples), group_size),
-        reward_parts=parts,
+        rewards=torch.tensor(scores.totals, dtype=torch.float32).view(len(examples), group_size),
+        reward_parts=scores.parts,
+        reward_errors=scores.errors,
         correct=[task.is_correct(text, example) for text, example in zip(texts, repeated)],
     )
 

@@ -18,6 +18,7 @@ import copy
 import math
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,29 +28,21 @@ from grpolab.algorithms.advantages import compute_advantages
 from grpolab.algorithms.logprobs import completion_logprobs
 from grpolab.algorithms.objective import Normalisers, grpo_loss
 from grpolab.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
-from grpolab.config import Config, ConfigError, to_yaml
+from grpolab.config import Config, to_yaml
 from grpolab.engine import SamplingParams, make_engine
 from grpolab.evaluation import greedy_accuracy
 from grpolab.hardware import device, use_bf16
 from grpolab.models import load_model, load_tokenizer, resolve_model_path
 from grpolab.progress import Progress
+from grpolab.rewards.runner import RewardRunner, resolve_weights
 from grpolab.rollout import collect_rollout, micro_batches
 from grpolab.runs import MetricsWriter, prepare_run_dir, save_model_atomic, write_json_atomic, write_text_atomic
 from grpolab.tasks import get_task
+from grpolab.tracking import Tracker, check_backends, sample_due, sample_rows
 
 
 def autocast_context(bf16: bool, on: torch.device):
     return torch.autocast(on.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
-def resolve_weights(task, overrides: dict[str, float]) -> dict[str, float]:
-    weights = dict(task.default_weights())
-    for name, weight in overrides.items():
-        if name not in task.reward_functions():
-            allowed = ", ".join(task.reward_functions())
-            raise ConfigError(f"reward.weights.{name}: task {task.name!r} has no such reward (allowed: {allowed})")
-        weights[name] = weight
-    return weights
 
 
 def make_scheduler(optimizer, config: Config):
@@ -154,17 +147,36 @@ def open_run_dir(config: Config) -> tuple[Path, Path | None]:
     return run_dir, checkpoint
 
 
-def train(config: Config, log=print) -> Path:
-    """Run GRPO as configured; returns the run folder."""
+@dataclass
+class TrainingRun:
+    """Everything one GRPO run holds, built once by `setup` and passed to each step."""
+
+    config: Config
+    run_dir: Path
+    task: object
+    rewards: RewardRunner
+    tokenizer: object
+    policy: torch.nn.Module
+    reference: torch.nn.Module | None
+    engine: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    bf16: bool
+    device: torch.device
+
+
+def setup(config: Config, log) -> tuple[TrainingRun, Path | None]:
+    task = get_task(config.task, config.reward)  # before the run folder: a bad task or weight leaves nothing
+    weights = resolve_weights(task, config.reward.weights)
+    check_backends(config.log)  # a requested but missing wandb / trackio fails in one line, nothing written
     run_dir, checkpoint = open_run_dir(config)
+    reward = config.reward
+    rewards = RewardRunner(task.reward_functions(), weights, reward.on_error, reward.timeout_seconds, reward.num_workers)
     torch.manual_seed(config.seed)
     on = device()
-    task = get_task(config.task)
-    weights = resolve_weights(task, config.reward.weights)
     model_path = resolve_model_path(config.model, log=log)
     tokenizer = load_tokenizer(model_path)
     policy = load_model(model_path).to(on)
-    bf16 = use_bf16(config.train.precision, on)
     reference = None
     if config.grpo.beta > 0:  # no reference model at all when beta = 0
         reference = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -174,24 +186,45 @@ def train(config: Config, log=print) -> Path:
         betas=(config.train.adam_beta1, config.train.adam_beta2),
         weight_decay=config.train.weight_decay,
     )
-    scheduler = make_scheduler(optimizer, config)
-    state = {"examples_consumed": 0, "nonfinite_in_a_row": 0, "eval": {}}
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, policy, optimizer, scheduler)
-        if reference is not None and "reference_step" in state:
-            reference.load_state_dict(load_file(str(checkpoint / "reference.safetensors")), strict=False)
-        truncate_metrics(run_dir / "metrics.jsonl", state["step"])
-        log(f"resuming {run_dir} from {checkpoint.name}")
     engine = make_engine(config.rollout.engine, policy, tokenizer, config.rollout.dtype)
+    bf16 = use_bf16(config.train.precision, on)
+    run = TrainingRun(config, run_dir, task, rewards, tokenizer, policy, reference, engine, optimizer,
+                      make_scheduler(optimizer, config), bf16, on)
+    return run, checkpoint
+
+
+def restore(run: TrainingRun, checkpoint: Path | None, log) -> dict:
+    """The trainer state of a fresh run, or the one saved in `checkpoint` (weights etc. are loaded in place)."""
+    if checkpoint is None:
+        return {"examples_consumed": 0, "nonfinite_in_a_row": 0, "eval": {}}
+    state = load_checkpoint(checkpoint, run.policy, run.optimizer, run.scheduler)
+    if run.reference is not None and "reference_step" in state:
+        run.reference.load_state_dict(load_file(str(checkpoint / "reference.safetensors")), strict=False)
+    run.engine.sync_weights(run.policy)
+    truncate_metrics(run.run_dir / "metrics.jsonl", state["step"])
+    log(f"resuming {run.run_dir} from {checkpoint.name}")
+    return state
+
+
+def evaluate(run: TrainingRun, examples: list[dict]) -> float:
+    accuracy, _ = greedy_accuracy(
+        run.engine, run.tokenizer, run.task, examples, run.config.eval.max_new_tokens, run.config.eval.batch_size
+    )
+    return accuracy
+
+
+def train(config: Config, log=print) -> Path:
+    """Run GRPO as configured; returns the run folder."""
+    run, checkpoint = setup(config, log)
+    state = restore(run, checkpoint, log)
+    run_dir, task = run.run_dir, run.task
     metrics_writer = MetricsWriter(run_dir / "metrics.jsonl")
+    tracker = Tracker(config, run_dir)
     eval_examples = task.eval_examples(config.eval.n)
     progress = Progress(config.train.max_steps, config.log.quiet, config.log.every)
     if config.eval.before and eval_examples and "before" not in state["eval"]:
-        accuracy, _ = greedy_accuracy(
-            engine, tokenizer, task, eval_examples, config.eval.max_new_tokens, config.eval.batch_size
-        )
-        state["eval"]["before"] = {"accuracy": accuracy}
-        progress.message(f"held-out accuracy before training: {accuracy:.3f} (n={len(eval_examples)})")
+        state["eval"]["before"] = {"accuracy": evaluate(run, eval_examples)}
+        progress.message(f"held-out accuracy before training: {state['eval']['before']['accuracy']:.3f}")
     stream = task.train_stream(config.seed)
     for _ in range(state["examples_consumed"]):  # the data stream resumes where the checkpoint left it
         next(stream)
@@ -199,52 +232,45 @@ def train(config: Config, log=print) -> Path:
         for step in range(state.get("step", 0) + 1, config.train.max_steps + 1):
             examples = [next(stream) for _ in range(config.rollout.prompts_per_step)]
             state["examples_consumed"] += len(examples)
-            record = grpo_step(
-                step,
-                examples,
-                policy,
-                reference,
-                engine,
-                tokenizer,
-                task,
-                weights,
-                optimizer,
-                scheduler,
-                config,
-                bf16,
-                on,
-            )
+            record, batch = grpo_step(run, step, examples)
             check_finite(record, state, config)
-            if config.grpo.ref_reset_every and reference is not None and step % config.grpo.ref_reset_every == 0:
-                reference.load_state_dict(policy.state_dict())  # R1: pi_ref <- pi_theta every K steps
+            if config.grpo.ref_reset_every and run.reference is not None and step % config.grpo.ref_reset_every == 0:
+                run.reference.load_state_dict(run.policy.state_dict())  # R1: pi_ref <- pi_theta every K steps
                 state["reference_step"] = step
             metrics_writer.write(record)
+            tracker.log(record, step)
+            if sample_due(step, config.log.samples_every, config.train.max_steps):
+                tracker.log_samples(sample_rows(step, batch, task, config.log.samples_prompts), step)
             progress.update(record)
             state["step"] = step
             last = step == config.train.max_steps
             if stop.requested or (config.train.save_every and step % config.train.save_every == 0 and not last):
-                save_training_checkpoint(run_dir, step, policy, reference, optimizer, scheduler, state, config)
+                save_training_checkpoint(run, step, state)
             if stop.requested:
                 progress.close()
+                tracker.close()
+                run.rewards.close()
                 log(f"stopped at step {step}; checkpoint saved. Resume with: grpolab train --resume {run_dir}")
                 return run_dir
     progress.close()
+    run.rewards.close()
     results = {"n": len(eval_examples), **state["eval"]}
     if config.eval.after and eval_examples:
-        accuracy, _ = greedy_accuracy(
-            engine, tokenizer, task, eval_examples, config.eval.max_new_tokens, config.eval.batch_size
-        )
-        results["after"] = {"accuracy": accuracy}
+        results["after"] = {"accuracy": evaluate(run, eval_examples)}
     write_json_atomic(run_dir / "eval.json", results)
-    save_model_atomic(policy, tokenizer, run_dir / "final")
+    tracker.log_eval(results, config.train.max_steps)
+    tracker.close()
+    save_model_atomic(run.policy, run.tokenizer, run_dir / "final")
     log(summary_line(results, run_dir))
+    if config.log.report:
+        write_run_report(run_dir, log)
     return run_dir
 
 
-def grpo_step(
-    step, examples, policy, reference, engine, tokenizer, task, weights, optimizer, scheduler, config, bf16, on
-) -> dict:
-    """One GRPO step: rollout, advantages, reference / old log-probs, mu optimisation passes."""
+def grpo_step(run: TrainingRun, step: int, examples: list[dict]):
+    """One GRPO step: rollout, advantages, reference / old log-probs, mu optimisation passes.
+    Returns (metrics record, rollout batch)."""
+    config, policy, optimizer = run.config, run.policy, run.optimizer
     timer = Timer()
     rollout = config.rollout
     params = SamplingParams(
@@ -256,23 +282,24 @@ def grpo_step(
     )
     with timer("generate"):
         policy.eval()
-        batch = collect_rollout(engine, tokenizer, task, examples, rollout.group_size, params, weights)
+        batch = collect_rollout(run.engine, run.tokenizer, run.task, examples, rollout.group_size, params, run.rewards)
     advantages = compute_advantages(batch.rewards, config.grpo.advantage).reshape(-1, 1)  # [B, 1]
     old_logprobs = ref_logprobs = None
+    size = config.train.micro_batch_size
     if config.grpo.mu > 1:
         with timer("old_logprobs"):
-            old_logprobs = batch_logprobs(policy, batch, config.train.micro_batch_size, rollout.temperature, bf16, on)
-    if reference is not None:
+            old_logprobs = batch_logprobs(policy, batch, size, rollout.temperature, run.bf16, run.device)
+    if run.reference is not None:
         with timer("reference"):
-            ref_logprobs = batch_logprobs(
-                reference, batch, config.train.micro_batch_size, rollout.temperature, bf16, on
-            )
+            ref_logprobs = batch_logprobs(run.reference, batch, size, rollout.temperature, run.bf16, run.device)
     policy.train()
     skipped = 0
     for update in range(config.grpo.mu):
         with timer("policy"):
             optimizer.zero_grad(set_to_none=True)
-            stats, current = optimisation_pass(policy, batch, advantages, old_logprobs, ref_logprobs, config, bf16, on)
+            stats, current = optimisation_pass(
+                policy, batch, advantages, old_logprobs, ref_logprobs, config, run.bf16, run.device
+            )
         with timer("optimizer"):
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.train.max_grad_norm).item()
             if math.isfinite(grad_norm) and math.isfinite(stats["loss"]):
@@ -282,11 +309,11 @@ def grpo_step(
                 skipped += 1
         if update == 0:
             first_stats, first_logprobs = stats, current
-    scheduler.step()
-    engine.sync_weights(policy)
-    record = step_metrics(step, batch, first_stats, first_logprobs, grad_norm, scheduler, timer)
+    run.scheduler.step()
+    run.engine.sync_weights(policy)
+    record = step_metrics(step, batch, first_stats, first_logprobs, grad_norm, run.scheduler, timer)
     record["skipped_updates"] = skipped
-    return record
+    return record, batch
 
 
 def check_finite(record: dict, state: dict, config: Config) -> None:
@@ -301,10 +328,22 @@ def check_finite(record: dict, state: dict, config: Config) -> None:
         )
 
 
-def save_training_checkpoint(run_dir, step, policy, reference, optimizer, scheduler, state, config) -> None:
+def save_training_checkpoint(run: TrainingRun, step: int, state: dict) -> None:
     # A reference that was reset is no longer the base model: it is saved too.
-    extra = {"reference": reference} if reference is not None and "reference_step" in state else {}
-    save_checkpoint(run_dir, step, policy, optimizer, scheduler, state, config.train.keep_checkpoints, extra)
+    extra = {"reference": run.reference} if run.reference is not None and "reference_step" in state else {}
+    keep = run.config.train.keep_checkpoints
+    save_checkpoint(run.run_dir, step, run.policy, run.optimizer, run.scheduler, state, keep, extra)
+
+
+def write_run_report(run_dir: Path, log) -> None:
+    """report.md and plots at the end of a run. The model and metrics are saved by now, so a failing report
+    must not turn a finished run into a failed one: it is reported in one line with the command to retry."""
+    from grpolab.report import write_report
+
+    try:
+        log(f"report: {write_report([run_dir])}")
+    except Exception as error:  # any plotting failure: the run itself is complete
+        log(f"report: not written ({type(error).__name__}: {error}); retry with `grpolab report {run_dir}`")
 
 
 def summary_line(results: dict, run_dir: Path) -> str:

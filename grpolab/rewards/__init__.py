@@ -1,7 +1,9 @@
 """Reward functions: plain callables `(completion: str, example: dict) -> float | None`. No torch.
 
-A reward of None means "does not apply" (ALGORITHMS.md section 1).
-`combine` turns several named functions and their weights into the total and the per-function values.
+A reward of None means "does not apply" (ALGORITHMS.md section 1). The modules: `math` (answer
+correctness), `format`, `language`, `length`, `code` (with `sandbox`), `reward_model`, the optional
+rewards every task offers (`optional`) and the runner that scores and combines them (`runner`).
+`combine` is the runner without worker processes, for callers that have no config.
 """
 
 from __future__ import annotations
@@ -15,12 +17,9 @@ def combine(
     functions: dict[str, RewardFunction], weights: dict[str, float], completions: list[str], examples: list[dict]
 ) -> tuple[list[float], dict[str, list[float | None]]]:
     """Score every completion with every function; the total is the weighted sum of the non-None values."""
-    per_function: dict[str, list[float | None]] = {}
-    for name, function in functions.items():
-        values = [function(completion, example) for completion, example in zip(completions, examples)]
-        per_function[name] = [None if v is None else float(v) for v in values]
-    totals = []
-    for row in range(len(completions)):
-        total = sum(weights[name] * values[row] for name, values in per_function.items() if values[row] is not None)
-        totals.append(float(total))
-    return totals, per_function
+    from grpolab.rewards.runner import RewardRunner
+
+    scores = RewardRunner(functions, {name: weights.get(name, 0.0) for name in functions}, num_workers=0).score(
+        completions, examples
+    )
+    return scores.totals, scores.parts

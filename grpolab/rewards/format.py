@@ -1,14 +1,16 @@
 """Format rewards. Pure Python: no torch.
 
 `answer_last`: the completion ends with its answer (a number is the last thing written), which is
-the arithmetic task's optional shaping reward. The R1 template rewards (`<think>` / `<answer>`) are here too.
+the arithmetic task's optional shaping reward. The R1 template rewards (`<think>` / `<answer>`) are here too:
+strict (the whole completion is exactly the template) and partial (0.25 per tag used exactly once).
 """
 
 from __future__ import annotations
 
 import re
 
-R1_STRICT = re.compile(r"^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$", re.DOTALL)
+NO_TAG = r"(?:(?!</?think>|</?answer>).)*"  # text holding no template tag: each tag appears once
+R1_STRICT = re.compile(rf"^\s*<think>{NO_TAG}</think>\s*<answer>{NO_TAG}</answer>\s*$", re.DOTALL)
 
 
 def answer_last(completion: str) -> float:

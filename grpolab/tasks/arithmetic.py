@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 from grpolab.rewards.format import answer_last
 from grpolab.rewards.math import extract_answer, number_correctness, numbers_equal
+from grpolab.rewards.runner import cheap
 from grpolab.tasks.base import Task
 
 HELD_OUT_SEED = 20240205  # fixed: the held-out split is the same for every run
@@ -65,10 +66,10 @@ class ArithmeticTask(Task):
             raise ValueError(f"eval.n: the arithmetic held-out split has {HELD_OUT_SIZE} examples, got {n}")
         return self._held_out[:n]
 
-    def reward_functions(self):
+    def task_rewards(self):
         return {
-            "correctness": lambda completion, example: number_correctness(completion, example["answer"]),
-            "format": lambda completion, example: answer_last(completion),
+            "correctness": cheap(lambda completion, example: number_correctness(completion, example["answer"])),
+            "format": cheap(lambda completion, example: answer_last(completion)),
         }
 
     def default_weights(self) -> dict[str, float]:

@@ -1,5 +1,9 @@
 """The Task interface: a task owns its data, its prompt, its rewards and its answer checking, so that
 RL training and evaluation score answers with exactly the same code.
+
+A task's reward functions are its own (`task_rewards`, e.g. `correctness`) plus the optional ones every
+task offers by name with weight 0 (`grpolab.rewards.optional`: `r1_format`, `language`, `overlong`, ...),
+configured by the run's `RewardConfig` (`reward.*`), which `get_task` hands to the task.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ class Task:
     name: str = "task"
     #: a system message placed before the question; None uses the chat template's own default
     system_prompt: str | None = None
+    #: the fields a row needs for scoring (besides `completion`), as in the original data set
+    fields: tuple[str, ...] = ("question", "answer")
+    #: options of the optional rewards; `get_task` sets the run's
+    reward_config = None
 
     def train_stream(self, seed: int) -> Iterator[dict]:
         """An endless, seeded stream of training examples that never contains a held-out example."""
@@ -30,11 +38,23 @@ class Task:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return messages + [{"role": "user", "content": self.question(example)}]
 
-    def reward_functions(self) -> dict[str, RewardFunction]:
+    def task_rewards(self) -> dict[str, RewardFunction]:
+        """The task's own reward functions; weight 1 each unless `default_weights` says otherwise."""
         raise NotImplementedError
 
+    def reward_functions(self) -> dict[str, RewardFunction]:
+        from grpolab.config import RewardConfig
+        from grpolab.rewards.optional import optional_rewards
+
+        optional = optional_rewards(self.reward_config or RewardConfig(), self.question)
+        return {**optional, **self.task_rewards()}
+
     def default_weights(self) -> dict[str, float]:
-        return {name: 1.0 for name in self.reward_functions()}
+        return {name: 1.0 for name in self.task_rewards()}
+
+    def prepare_row(self, row: dict) -> dict:
+        """A row as `grpolab score` reads it, completed from the task's own data where it can be."""
+        return row
 
     def extract_answer(self, completion: str) -> str | None:
         """The normalised final answer (used for majority voting)."""
