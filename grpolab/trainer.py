@@ -33,6 +33,7 @@ from grpolab.progress import Progress
 from grpolab.rollout import collect_rollout, micro_batches
 from grpolab.runs import MetricsWriter, prepare_run_dir, save_model_atomic, write_json_atomic, write_text_atomic
 from grpolab.tasks import get_task
+from grpolab.tracking import Tracker, check_backends, sample_due, sample_rows
 
 
 def autocast_context(bf16: bool, on: torch.device):
@@ -113,6 +114,7 @@ def optimisation_pass(policy, batch, advantages, old_logprobs, ref_logprobs, con
 
 def train(config: Config, log=print) -> Path:
     """Run GRPO as configured; returns the run folder."""
+    check_backends(config.log)  # before anything is written: a missing wandb/trackio fails in one line
     run_dir = prepare_run_dir(config.run_dir(), config.overwrite)
     write_text_atomic(run_dir / "config.yaml", to_yaml(config))
     torch.manual_seed(config.seed)
@@ -135,6 +137,7 @@ def train(config: Config, log=print) -> Path:
     )
     scheduler = make_scheduler(optimizer, config)
     metrics_writer = MetricsWriter(run_dir / "metrics.jsonl")
+    tracker = Tracker(config, run_dir)
     eval_examples = task.eval_examples(config.eval.n)
     results = {"n": len(eval_examples)}
     progress = Progress(config.train.max_steps, config.log.quiet, config.log.every)
@@ -189,6 +192,9 @@ def train(config: Config, log=print) -> Path:
             reference.load_state_dict(policy.state_dict())  # R1: pi_ref <- pi_theta every K steps
         record = step_metrics(step, batch, first_stats, first_logprobs, grad_norm, scheduler, timer)
         metrics_writer.write(record)
+        tracker.log(record, step)
+        if sample_due(step, config.log.samples_every, config.train.max_steps):
+            tracker.log_samples(sample_rows(step, batch, task, config.log.samples_prompts), step)
         progress.update(record)
     progress.close()
     if config.eval.after and eval_examples:
@@ -197,9 +203,24 @@ def train(config: Config, log=print) -> Path:
         )
         results["after"] = {"accuracy": accuracy}
     write_json_atomic(run_dir / "eval.json", results)
+    tracker.log_eval(results, config.train.max_steps)
+    tracker.close()
     save_model_atomic(policy, tokenizer, run_dir / "final")
     log(summary_line(results, run_dir))
+    if config.log.report:
+        write_run_report(run_dir, log)
     return run_dir
+
+
+def write_run_report(run_dir: Path, log) -> None:
+    """report.md and plots at the end of a run. The model and metrics are saved by now, so a failing report
+    must not turn a finished run into a failed one: it is reported in one line with the command to retry."""
+    from grpolab.report import write_report
+
+    try:
+        log(f"report: {write_report([run_dir])}")
+    except Exception as error:  # noqa: BLE001 -- any plotting failure; the run itself is complete
+        log(f"report: not written ({type(error).__name__}: {error}); retry with `grpolab report {run_dir}`")
 
 
 def summary_line(results: dict, run_dir: Path) -> str:
