@@ -158,8 +158,8 @@ def length_plot(runs, path: Path) -> Path:
 def kl_plot(runs, path: Path) -> Path | None:
     """`kl` is the estimator the loss uses (grpo.kl_estimator), averaged over completion tokens."""
     grpo = [(run.config or {}).get("grpo") or {} for run in runs]
-    estimators = "/".join(sorted({str(g.get("kl_estimator", "?")) for g in grpo}))
-    title = f"KL divergence to the reference policy ({estimators} estimate, per token)"
+    estimators = "/".join(sorted({str(g["kl_estimator"]) for g in grpo if "kl_estimator" in g}))
+    title = f"KL divergence to the reference policy ({estimators + ' estimate, ' if estimators else ''}per token)"
     if all(g.get("beta") == 0 for g in grpo):
         title += "\nbeta = 0: no reference model, so KL is not measured"
     return metric_plot(runs, "kl", title, "KL (nats)", path)

@@ -99,7 +99,10 @@ def run(args) -> int:
     engine, tokenizer = load_engine(args)
     start = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None:
-        print(reply(engine, tokenizer, [*start, {"role": "user", "content": args.prompt}], args, 0))
+        answer = reply(engine, tokenizer, [*start, {"role": "user", "content": args.prompt}], args, 0)
+        print(answer)
+        if not answer:
+            print("(empty reply: the model ended its turn at once)", file=sys.stderr)
         return 0
     messages = list(start)
     print("Type a message; /reset forgets the conversation, /exit or Ctrl-D leaves.", file=sys.stderr)
@@ -120,5 +123,5 @@ def run(args) -> int:
         messages.append({"role": "user", "content": text})
         answer = reply(engine, tokenizer, messages, args, turn)
         messages.append({"role": "assistant", "content": answer})
-        print(f"model> {answer}", flush=True)
+        print(f"model> {answer or '(empty reply: the model ended its turn at once)'}", flush=True)
         turn += 1
