@@ -46,7 +46,7 @@ def _number(metrics: dict, key: str, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def metric_cells(metrics: dict) -> list[tuple[str, str]]:
+def metric_cells(metrics: dict, with_times: bool = True) -> list[tuple[str, str]]:
     """(label, value) pairs for one step, in display order; shared by the live panel and the plain line."""
     reward = _number(metrics, "reward_mean", ".3f")
     if metrics.get("reward_std") is not None:
@@ -60,10 +60,17 @@ def metric_cells(metrics: dict) -> list[tuple[str, str]]:
         ("length", _number(metrics, "completion_len_mean", ".1f")),
         ("clip low/high", f"{_number(metrics, 'clip_low_frac', '.1%')}/{_number(metrics, 'clip_high_frac', '.1%')}"),
         ("tok/s", _number(metrics, "tokens_per_second", ".0f")),
-        ("step s", _number(metrics, "step_seconds", ".2f")),
     ]
-    cells += [(key, _number(metrics, key, ".2f")) for key in metrics if key.startswith("time/")]
+    if with_times:  # the live panel shows these on a line of their own (`phase_text`)
+        cells += [("step s", _number(metrics, "step_seconds", ".2f"))]
+        cells += [(key, _number(metrics, key, ".2f")) for key in metrics if key.startswith("time/")]
     return cells
+
+
+def phase_text(metrics: dict) -> str:
+    """`seconds: step 3.11 = generate 1.95 + policy 0.95 + ...`, one line for the live panel."""
+    parts = [f"{key.removeprefix('time/')} {metrics[key]:.2f}" for key in metrics if key.startswith("time/")]
+    return f"seconds: step {_number(metrics, 'step_seconds', '.2f')}" + (" = " + " + ".join(parts) if parts else "")
 
 
 def plain_line(metrics: dict, total: int, eta: float) -> str:
@@ -87,12 +94,12 @@ def panel(metrics: dict, total: int, elapsed: float, eta: float, columns: int = 
     for _ in range(columns):
         grid.add_column(style="cyan", justify="right")
         grid.add_column(justify="left")
-    cells = metric_cells(metrics)
+    cells = metric_cells(metrics, with_times=False)
     for start in range(0, len(cells), columns):
         row = cells[start : start + columns]
         row += [("", "")] * (columns - len(row))
         grid.add_row(*(text for cell in row for text in cell))
-    return Group(header, grid)
+    return Group(header, grid, Text(phase_text(metrics), style="dim"))
 
 
 class Progress:
@@ -104,11 +111,21 @@ class Progress:
         self.every = every
         self.start = time.perf_counter()
         self.step_seconds: list[float] = []
+        self.latest: dict | None = None
+        self.latest_at = self.start
         self.console = console or Console()
         self.live = None
         if not quiet and self.console.is_terminal:
-            self.live = Live(Text("starting ..."), console=self.console, refresh_per_second=4, transient=True)
+            # Live re-renders `self` 4 times a second, so the elapsed time and ETA tick between steps.
+            self.live = Live(self, console=self.console, refresh_per_second=4, transient=True)
             self.live.start()
+
+    def __rich__(self):
+        now = time.perf_counter()
+        if self.latest is None:
+            return Text(f"preparing the first step ... elapsed {format_seconds(now - self.start)}", style="dim")
+        eta = max(0.0, eta_seconds(self.step_seconds, self.total - self.latest["step"]) - (now - self.latest_at))
+        return panel(self.latest, self.total, now - self.start, eta)
 
     def message(self, text: str) -> None:
         if self.live is not None:
@@ -124,7 +141,8 @@ class Progress:
         step = metrics["step"]
         eta = eta_seconds(self.step_seconds, self.total - step)
         if self.live is not None:
-            self.live.update(panel(metrics, self.total, time.perf_counter() - self.start, eta))
+            self.latest, self.latest_at = metrics, time.perf_counter()
+            self.live.refresh()
             if step % max(self.every, 10) == 0 or step == self.total:
                 self.live.console.print(plain_line(metrics, self.total, eta), highlight=False)
         elif step % self.every == 0 or step == self.total:

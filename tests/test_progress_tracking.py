@@ -97,7 +97,7 @@ def test_live_panel_on_a_terminal():
     progress.live.refresh()
     rendered = out.getvalue()
     progress.close()
-    for text in ["step 4/10", "ETA", "rewards/correctness", "clip low/high", "time/generate"]:
+    for text in ["step 4/10", "ETA", "rewards/correctness", "clip low/high", "seconds: step 2.00 = generate 1.50"]:
         assert text in rendered
 
 
