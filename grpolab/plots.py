@@ -46,6 +46,7 @@ def new_axes(title: str, ylabel: str, xlabel: str = "training step"):
     axes.set_ylabel(ylabel)
     axes.grid(alpha=0.3)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.ticklabel_format(axis="y", useOffset=False)  # "+4.61" offsets above the axis are easy to miss
     return figure, axes
 
 
@@ -67,7 +68,7 @@ def draw_curve(axes, steps, values, label: str, colour: str, window: int, linest
 
 
 def save(figure, axes, path: Path) -> Path:
-    if len(axes.get_legend_handles_labels()[0]) > 1:
+    if axes.get_legend() is None and len(axes.get_legend_handles_labels()[0]) > 1:
         axes.legend(fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
@@ -221,7 +222,8 @@ def eval_plot(runs, path: Path) -> Path | None:
         return None
     sizes = sorted({run.evaluation.get("n") for run in runs}, key=str)
     figure, axes = new_axes(f"Held-out accuracy, greedy (n = {', '.join(map(str, sizes))})", "accuracy", xlabel="run")
-    axes.set_ylim(0, 1.1)
+    axes.set_ylim(0, 1.2)  # room for the value labels and the legend above bars of height 1
+    axes.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     width = 0.38
     for offset, (when, colour) in enumerate([("before", "#9e9e9e"), ("after", COLOURS[0])]):
         xs = [i + (offset - 0.5) * width for i, run in enumerate(runs) if when in run.evaluation]
@@ -229,5 +231,5 @@ def eval_plot(runs, path: Path) -> Path | None:
         bars = axes.bar(xs, ys, width=width, color=colour, label=f"{when} training")
         axes.bar_label(bars, fmt="%.3f", padding=2)
     axes.set_xticks(range(len(runs)), [run.name for run in runs])
-    axes.legend(fontsize="small")
+    axes.legend(fontsize="small", loc="upper center", ncols=2)
     return save(figure, axes, path)
