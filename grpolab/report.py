@@ -35,16 +35,29 @@ class Run:
 def read_jsonl(path: Path) -> list[dict]:
     """One object per line. A cut-off last line (a run killed while writing it) is dropped; a bad line
     elsewhere means the file is damaged and is reported with its line number."""
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines()
+    last = max((number for number, line in enumerate(lines, start=1) if line.strip()), default=0)
     records = []
     for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            if number == len(lines):
+            if number == last:
                 break
             raise UserError(f"{path}: line {number} is not valid JSON") from None
     return records
+
+
+def read_optional(path: Path, parse):
+    """A run's eval.json or config.yaml, or None when it is absent (an unfinished run has no eval.json)."""
+    if not path.is_file():
+        return None
+    try:
+        return parse(path.read_text())
+    except (json.JSONDecodeError, yaml.YAMLError):
+        raise UserError(f"{path}: cannot be parsed") from None
 
 
 def load_run(path: str | Path) -> Run:
@@ -57,9 +70,9 @@ def load_run(path: str | Path) -> Run:
     metrics = [record for record in read_jsonl(metrics_path) if "step" in record]
     if not metrics:
         raise UserError(f"{str(metrics_path)!r} holds no training steps yet")
-    evaluation = json.loads((run_dir / "eval.json").read_text()) if (run_dir / "eval.json").is_file() else None
+    evaluation = read_optional(run_dir / "eval.json", json.loads)
+    config = read_optional(run_dir / "config.yaml", yaml.safe_load)
     samples = read_jsonl(run_dir / "samples.jsonl") if (run_dir / "samples.jsonl").is_file() else []
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else None
     return Run(run_dir, run_dir.resolve().name, metrics, evaluation, samples, config)
 
 

@@ -185,7 +185,11 @@ def test_chat_on_an_unfinished_run_folder(tmp_path, capsys):
         (lambda d: None, "does not exist"),
         (lambda d: d.mkdir(), "no metrics.jsonl"),
         (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text("")), "holds no training steps yet"),
-        (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text('{"step": 1}\n{oops\n{"step": 3}\n')), "line 2"),
+        (lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text('{"step": 1}\n\n{oops\n{"step": 3}\n')), "line 3"),
+        (
+            lambda d: (d.mkdir(), (d / "metrics.jsonl").write_text('{"step": 1}\n'), (d / "eval.json").write_text("{")),
+            "eval.json: cannot be parsed",
+        ),
     ],
 )
 def test_report_errors_are_one_line(tmp_path, capsys, setup, message):
