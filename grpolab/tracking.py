@@ -162,10 +162,11 @@ class Tracker:
             backend.log(values, step)
 
     def log_eval(self, results: dict, last_step: int) -> None:
-        """Held-out accuracy (eval.json) as `eval/accuracy`: before training at step 0, after at the last step."""
-        for when, step in (("before", 0), ("after", last_step)):
-            if when in results:
-                self.log({"eval/accuracy": results[when]["accuracy"]}, step)
+        """Held-out accuracy (eval.json) as `eval/accuracy_before` and `eval/accuracy_after`, both at the last
+        step: wandb and trackio drop a value logged at a step earlier than one already logged."""
+        values = {f"eval/accuracy_{when}": results[when]["accuracy"] for when in ("before", "after") if when in results}
+        if values:
+            self.log(values, last_step)
 
     def log_samples(self, rows: list[dict], step: int) -> None:
         with open(self.samples_path, "a") as handle:
