@@ -173,6 +173,30 @@ def test_chat_errors_are_one_line(args, message, capsys):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+def test_chat_uses_the_system_prompt_of_the_run_task(report_run):
+    from argparse import Namespace
+
+    from grpolab.commands.chat import system_prompt
+    from grpolab.tasks import get_task
+
+    run_dir, _ = report_run
+    expected = get_task("arithmetic").system_prompt
+    assert system_prompt(Namespace(model=str(run_dir), system=None, task=None)) == expected
+    assert system_prompt(Namespace(model="tiny-random", system=None, task=None)) is None
+    assert system_prompt(Namespace(model="tiny-random", system=None, task="arithmetic")) == expected
+    assert system_prompt(Namespace(model=str(run_dir), system="Be brief.", task=None)) == "Be brief."
+    assert system_prompt(Namespace(model=str(run_dir), system="", task=None)) is None
+
+
+def test_chat_engine_not_built_yet(capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("grpolab.engine.grpolab_engine") is not None:
+        pytest.skip("the grpolab engine exists in this checkout")
+    assert main(["chat", "tiny-random", "--prompt", "hi", "--engine", "grpolab"]) == 2
+    assert "--engine grpolab: not available" in capsys.readouterr().err
+
+
 def test_chat_on_an_unfinished_run_folder(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text("")
     assert main(["chat", str(tmp_path), "--prompt", "hi"]) == 2

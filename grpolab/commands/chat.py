@@ -2,7 +2,9 @@
 
 MODEL_DIR is a model folder, a run folder (its `final/` model is used) or any model name `train` accepts
 (`smollm2-135m`, `tiny-random`, a hub id). Prompts go through the tokenizer's chat template, and generation
-through the same engine interface that training samples with. Decoding is greedy by default, so that the
+through the same engine interface that training samples with. A model is best asked the way it was trained:
+for a run folder the system prompt of the run's task is used (from its config.yaml), `--task` picks one for
+any model, and `--system` overrides both. Decoding is greedy by default, so that the
 same question always gets the same answer; `--temperature` samples instead.
 
 Interactive mode keeps the conversation; `/reset` forgets it, `/exit` or Ctrl-D leaves.
@@ -25,6 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument("model", metavar="MODEL_DIR", help="model folder, run folder, or model name")
     parser.add_argument("--prompt", help="answer this one prompt and exit")
     parser.add_argument("--system", help="a system message placed before the conversation")
+    parser.add_argument("--task", help="use this task's system prompt (default: the run's task for a run folder)")
     parser.add_argument("--engine", choices=["hf", "grpolab"], default="hf", help="generation engine (default: hf)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens per reply (default: 256)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default); > 0 samples")
@@ -54,6 +57,21 @@ def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
         return list(ids)
     text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
     return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+
+def system_prompt(args) -> str | None:
+    """--system, else the system prompt of --task, else that of the run folder's task, else none."""
+    import yaml
+
+    from grpolab.tasks import get_task
+
+    if args.system is not None:
+        return args.system or None
+    task = args.task
+    run_config = Path(args.model).expanduser() / "config.yaml"
+    if task is None and (run_config.parent / "final").is_dir() and run_config.is_file():
+        task = (yaml.safe_load(run_config.read_text()) or {}).get("task")
+    return get_task(task).system_prompt if task else None
 
 
 def check_args(args) -> None:
@@ -97,7 +115,8 @@ def reply(engine, tokenizer, messages: list[dict], args, turn: int) -> str:
 def run(args) -> int:
     check_args(args)
     engine, tokenizer = load_engine(args)
-    start = [{"role": "system", "content": args.system}] if args.system else []
+    system = system_prompt(args)
+    start = [{"role": "system", "content": system}] if system else []
     if args.prompt is not None:
         answer = reply(engine, tokenizer, [*start, {"role": "user", "content": args.prompt}], args, 0)
         print(answer)
