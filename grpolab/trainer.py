@@ -219,7 +219,7 @@ def write_run_report(run_dir: Path, log) -> None:
 
     try:
         log(f"report: {write_report([run_dir])}")
-    except Exception as error:  # noqa: BLE001 -- any plotting failure; the run itself is complete
+    except Exception as error:  # any plotting failure: the run itself is complete
         log(f"report: not written ({type(error).__name__}: {error}); retry with `grpolab report {run_dir}`")
 
 
