@@ -90,8 +90,17 @@ class EvalConfig:
 
 @dataclass
 class LogConfig:
+    """Where a run's progress goes (see grpolab/progress.py and grpolab/tracking.py)."""
+
     quiet: bool = False
     every: int = 1
+    samples_every: int = 10  # sample table every N steps (and at the first and last); 0 turns it off
+    samples_prompts: int = 2  # the first prompts of the step whose G completions go into the table
+    tensorboard: bool = True
+    wandb: bool = False  # needs `pip install wandb`
+    trackio: bool = False  # needs `pip install trackio`
+    project: str = "grpolab"  # the wandb / trackio project
+    report: bool = True  # write report.md and plots into the run folder at the end
 
 
 @dataclass
@@ -144,6 +153,8 @@ RANGES: dict[str, tuple[Any, str]] = {
     "eval.max_new_tokens": (lambda v: v >= 1, "an integer >= 1"),
     "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "log.every": (lambda v: v >= 1, "an integer >= 1"),
+    "log.samples_every": (lambda v: v >= 0, "an integer >= 0 (0 turns the sample table off)"),
+    "log.samples_prompts": (lambda v: v >= 1, "an integer >= 1"),
 }
 
 
