@@ -41,7 +41,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from grpolab.trainer import TrainingError
 
     return (
-        UserError, ConfigError, ModelError, TaskError, RewardError, TrainingError, FileNotFoundError, FileExistsError
+        UserError,
+        ConfigError,
+        ModelError,
+        TaskError,
+        RewardError,
+        TrainingError,
+        FileNotFoundError,
+        FileExistsError,
     )
 
 

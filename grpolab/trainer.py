@@ -171,7 +171,9 @@ def setup(config: Config, log) -> tuple[TrainingRun, Path | None]:
     check_backends(config.log)  # a requested but missing wandb / trackio fails in one line, nothing written
     run_dir, checkpoint = open_run_dir(config)
     reward = config.reward
-    rewards = RewardRunner(task.reward_functions(), weights, reward.on_error, reward.timeout_seconds, reward.num_workers)
+    rewards = RewardRunner(
+        task.reward_functions(), weights, reward.on_error, reward.timeout_seconds, reward.num_workers
+    )
     torch.manual_seed(config.seed)
     on = device()
     model_path = resolve_model_path(config.model, log=log)
@@ -188,8 +190,20 @@ def setup(config: Config, log) -> tuple[TrainingRun, Path | None]:
     )
     engine = make_engine(config.rollout.engine, policy, tokenizer, config.rollout.dtype)
     bf16 = use_bf16(config.train.precision, on)
-    run = TrainingRun(config, run_dir, task, rewards, tokenizer, policy, reference, engine, optimizer,
-                      make_scheduler(optimizer, config), bf16, on)
+    run = TrainingRun(
+        config,
+        run_dir,
+        task,
+        rewards,
+        tokenizer,
+        policy,
+        reference,
+        engine,
+        optimizer,
+        make_scheduler(optimizer, config),
+        bf16,
+        on,
+    )
     return run, checkpoint
 
 
@@ -324,7 +338,8 @@ def check_finite(record: dict, state: dict, config: Config) -> None:
     if state["nonfinite_in_a_row"] >= config.train.max_nonfinite_steps:
         raise TrainingError(
             f"step {record['step']}: non-finite loss or gradients in {state['nonfinite_in_a_row']} steps in a row "
-            f"(train.max_nonfinite_steps={config.train.max_nonfinite_steps}); lower train.learning_rate or check the data"
+            f"(train.max_nonfinite_steps={config.train.max_nonfinite_steps}); "
+            "lower train.learning_rate or check the data"
         )
 
 
