@@ -1,38 +1,46 @@
-"""The GRPO training loop (DeepSeekMath section 4, ALGORITHMS.md sections 1-2), top to bottom:
+"""The GRPO training loop (DeepSeekMath section 4, ALGORITHMS.md sections 1-4), top to bottom:
 
     for each step:
-        sample N prompts, G completions each (the rollout engine)
-        score them with the task's rule-based rewards
-        group-normalised advantages, one per completion, broadcast over its tokens
-        old log-probs once per rollout (only when mu > 1: with mu = 1 they equal the current ones),
+        sample N prompts, G completions each (the rollout engine); with dynamic sampling, more rounds
+        score them with the task's rule-based rewards (+ DAPO's soft overlong punishment)
+        old log-probs once per rollout (only when mu > 1 or the KL is in the reward),
         reference log-probs (only when beta > 0: no reference model is loaded otherwise)
+        advantages: group-normalised outcome, process (step rewards), or online RFT's 1[correct]
         mu optimisation passes over the rollout, each one optimizer step with exact gradient accumulation
+        every K steps / at the end of an outer iteration: pi_ref <- pi_theta (and retrain reward models)
 
-Compute runs in bf16 autocast where the hardware supports it, with fp32 master weights and optimizer state.
+The batch shaping lives in `batch_shaping.py`, LoRA and the reference in `lora.py`, the outer iterations in
+`iterative.py`. Compute runs in bf16 autocast where the hardware supports it, with fp32 master weights and
+optimizer state.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from grpolab.algorithms.advantages import compute_advantages
+from grpolab import batch_shaping
+from grpolab.algorithms.advantages import compute_advantages, rft_coefficients
 from grpolab.algorithms.logprobs import completion_logprobs
+from grpolab.algorithms.losses import KL_ESTIMATORS
 from grpolab.algorithms.objective import Normalisers, grpo_loss
+from grpolab.algorithms.shaping import kl_penalised_rewards, zero_variance_groups
 from grpolab.config import Config, ConfigError, to_yaml
 from grpolab.engine import SamplingParams, make_engine
 from grpolab.evaluation import greedy_accuracy
 from grpolab.hardware import device, use_bf16
+from grpolab.iterative import IterativeRL
+from grpolab.lora import Reference, apply_lora, save_policy
 from grpolab.models import load_model, load_tokenizer, resolve_model_path
 from grpolab.progress import Progress
 from grpolab.rollout import collect_rollout, micro_batches
 from grpolab.runs import MetricsWriter, prepare_run_dir, save_model_atomic, write_json_atomic, write_text_atomic
-from grpolab.tasks import get_task
+from grpolab.tasks import Task, get_task
 
 
 def autocast_context(bf16: bool, on: torch.device):
@@ -78,10 +86,11 @@ def batch_logprobs(model, batch, size: int, temperature: float, bf16: bool, on) 
     return out
 
 
-def optimisation_pass(policy, batch, advantages, old_logprobs, ref_logprobs, config: Config, bf16: bool, on):
+def optimisation_pass(policy, batch, shaped, config: Config, bf16: bool, on):
     """One pass over the rollout in micro-batches, accumulating gradients of the full-batch loss."""
-    mask = batch.completion_mask
-    normalisers = Normalisers(mask.shape[0], float(mask.sum()), int(mask.sum(1).max()))
+    mask, advantages = shaped.loss_mask, shaped.advantages  # [B, T], [B, 1] or [B, T]
+    old_logprobs, ref_logprobs = shaped.old_logprobs, shaped.ref_logprobs
+    normalisers = Normalisers(max(1, int(mask.any(1).sum())), float(mask.sum()), config.rollout.max_new_tokens)
     totals: dict[str, float] = {"loss": 0.0}
     current = torch.zeros_like(batch.sampling_logprobs)
     for rows, (p_ids, p_mask, c_ids, c_mask) in micro_batches(batch, config.train.micro_batch_size):
@@ -99,16 +108,100 @@ def optimisation_pass(policy, batch, advantages, old_logprobs, ref_logprobs, con
         logprobs = logprobs.float()
         old = logprobs.detach() if old_logprobs is None else old_logprobs[rows, :width].to(on)
         ref = None if ref_logprobs is None else ref_logprobs[rows, :width].to(on)
-        loss, stats = grpo_loss(
-            logprobs, old, ref, advantages[rows].to(on), c_mask.to(on), config.grpo, normalisers, entropy.float()
-        )
+        row_advantages = advantages[rows, : width if advantages.shape[1] > 1 else 1].to(on)
+        row_mask = mask[rows, :width].to(on)
+        loss, stats = grpo_loss(logprobs, old, ref, row_advantages, row_mask, config.grpo, normalisers, entropy.float())
         loss.backward()
-        share = c_mask.sum().item() / normalisers.num_tokens  # token-weighted share for logging means
+        share = row_mask.sum().item() / max(normalisers.num_tokens, 1.0)  # token-weighted share for logging means
         totals["loss"] += loss.item()
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + value * share
         current[rows, :width] = logprobs.detach().cpu()
     return totals, current
+
+
+@dataclass
+class ShapedBatch:
+    """What the loss needs besides the rollout itself."""
+
+    loss_mask: torch.Tensor  # [B, T] completion mask, minus overlong-filtered rows
+    advantages: torch.Tensor  # [B, 1] outcome / online RFT, or [B, T] process supervision
+    old_logprobs: torch.Tensor | None  # [B, T], None when mu = 1 and the KL is not in the reward
+    ref_logprobs: torch.Tensor | None  # [B, T], None when beta = 0
+    stats: dict
+
+
+def sample_rollout(engine, tokenizer, task, stream, weights, config: Config, step: int):
+    """Generate and score N groups (more rounds with dynamic sampling); returns (batch, stats)."""
+    rollout, grpo = config.rollout, config.grpo
+    rounds = iter(range(grpo.dynamic_sampling_max_rounds))
+
+    def generate(examples):
+        params = SamplingParams(
+            max_new_tokens=rollout.max_new_tokens,
+            temperature=rollout.temperature,
+            top_p=rollout.top_p,
+            top_k=rollout.top_k,
+            stop_strings=list(task.stop_strings),
+            seed=(config.seed * 1_000_003 + step) * 31 + next(rounds),
+        )
+        batch = collect_rollout(engine, tokenizer, task, examples, rollout.group_size, params, weights)
+        if grpo.overlong_buffer:  # DAPO's soft overlong punishment is part of the reward
+            batch_shaping.add_overlong_penalty(
+                batch, rollout.max_new_tokens, grpo.overlong_buffer, grpo.overlong_penalty
+            )
+        return batch
+
+    draw = lambda n: [next(stream) for _ in range(n)]
+    if grpo.dynamic_sampling:
+        return batch_shaping.dynamic_sampling(
+            generate, draw, rollout.prompts_per_step, grpo.dynamic_sampling_max_rounds, tokenizer.pad_token_id
+        )
+    batch = generate(draw(rollout.prompts_per_step))
+    zero = zero_variance_groups(batch.rewards).float().mean().item()
+    return batch, {"groups_dropped": 0, "sampling_rounds": 1, "zero_std_groups_frac": zero}
+
+
+def shape_batch(policy, reference, batch, task, tokenizer, config: Config, bf16: bool, on, timer) -> ShapedBatch:
+    """Loss mask, old and reference log-probs, and advantages for one rollout batch."""
+    grpo, size, temperature = config.grpo, config.train.micro_batch_size, config.rollout.temperature
+    old_logprobs = ref_logprobs = None
+    if grpo.mu > 1 or grpo.kl_in_reward:  # fixed for the mu passes; with mu = 1 the pass uses its own
+        with timer("old_logprobs"):
+            old_logprobs = batch_logprobs(policy, batch, size, temperature, bf16, on)
+    if reference is not None:
+        with timer("reference"), reference.model() as model:
+            ref_logprobs = batch_logprobs(model, batch, size, temperature, bf16, on)
+    rewards, stats = batch.rewards, {}
+    if grpo.kl_in_reward:
+        kl = KL_ESTIMATORS[grpo.kl_estimator](old_logprobs, ref_logprobs)  # [B, T]
+        rewards, sequence_kl = kl_penalised_rewards(rewards, kl, batch.completion_mask, grpo.beta)
+        stats["kl_in_reward"] = sequence_kl.mean().item()
+    if grpo.algorithm == "online_rft":  # DeepSeekMath section 5: coefficient 1 on correct samples
+        advantages = rft_coefficients(batch.correct).unsqueeze(1)  # [B, 1]
+    elif grpo.advantage == "process":
+        advantages = batch_shaping.process_advantages_for_batch(batch, task, tokenizer)  # [B, T]
+    else:
+        scored = batch_shaping.scored_mask(batch)  # [N, G]
+        advantages = compute_advantages(rewards, grpo.advantage, scored).reshape(-1, 1)  # [B, 1]
+    mask = batch_shaping.loss_mask(batch, grpo.overlong_filter)
+    stats["overlong_filtered_frac"] = 1.0 - mask.any(1).float().mean().item() if grpo.overlong_filter else 0.0
+    return ShapedBatch(mask, advantages, old_logprobs, ref_logprobs, stats)
+
+
+def load_policy(config: Config, on, log):
+    model_path = resolve_model_path(config.model, log=log)
+    tokenizer = load_tokenizer(model_path)
+    policy = load_model(model_path).to(on)
+    if config.lora.rank:
+        lora = config.lora
+        policy = apply_lora(policy, lora.rank, lora.alpha, lora.dropout, lora.target_modules)
+    return policy, tokenizer
+
+
+def check_task(task, config: Config) -> None:
+    if config.grpo.advantage == "process" and type(task).step_rewards is Task.step_rewards:
+        raise ConfigError(f"grpo.advantage: 'process' needs step rewards, and task {task.name!r} has none")
 
 
 def train(config: Config, log=print) -> Path:
@@ -117,18 +210,16 @@ def train(config: Config, log=print) -> Path:
     write_text_atomic(run_dir / "config.yaml", to_yaml(config))
     torch.manual_seed(config.seed)
     on = device()
-    task = get_task(config.task)
+    task = get_task(config.task, config.template)
+    check_task(task, config)
     weights = resolve_weights(task, config.reward.weights)
-    model_path = resolve_model_path(config.model, log=log)
-    tokenizer = load_tokenizer(model_path)
-    policy = load_model(model_path).to(on)
+    policy, tokenizer = load_policy(config, on, log)
     bf16 = use_bf16(config.train.precision, on)
-    reference = None
-    if config.grpo.beta > 0:  # no reference model at all when beta = 0
-        reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    reference = Reference(policy) if config.grpo.beta > 0 else None  # beta = 0: no reference at all
+    iterations = IterativeRL(task, config.grpo.iteration_steps, config.grpo.replay_fraction, config.seed)
     engine = make_engine(config.rollout.engine, policy, tokenizer, config.rollout.dtype)
     optimizer = torch.optim.AdamW(
-        policy.parameters(),
+        [p for p in policy.parameters() if p.requires_grad],
         lr=config.train.learning_rate,
         betas=(config.train.adam_beta1, config.train.adam_beta2),
         weight_decay=config.train.weight_decay,
@@ -145,39 +236,17 @@ def train(config: Config, log=print) -> Path:
         results["before"] = {"accuracy": accuracy}
         progress.message(f"held-out accuracy before training: {accuracy:.3f} (n={len(eval_examples)})")
     stream = task.train_stream(config.seed)
-    rollout = config.rollout
     for step in range(1, config.train.max_steps + 1):
         timer = Timer()
-        examples = [next(stream) for _ in range(rollout.prompts_per_step)]
-        params = SamplingParams(
-            max_new_tokens=rollout.max_new_tokens,
-            temperature=rollout.temperature,
-            top_p=rollout.top_p,
-            top_k=rollout.top_k,
-            seed=config.seed * 1_000_003 + step,
-        )
         with timer("generate"):
             policy.eval()
-            batch = collect_rollout(engine, tokenizer, task, examples, rollout.group_size, params, weights)
-        advantages = compute_advantages(batch.rewards, config.grpo.advantage).reshape(-1, 1)  # [B, 1]
-        old_logprobs = ref_logprobs = None
-        if config.grpo.mu > 1:
-            with timer("old_logprobs"):
-                old_logprobs = batch_logprobs(
-                    policy, batch, config.train.micro_batch_size, rollout.temperature, bf16, on
-                )
-        if reference is not None:
-            with timer("reference"):
-                ref_logprobs = batch_logprobs(
-                    reference, batch, config.train.micro_batch_size, rollout.temperature, bf16, on
-                )
+            batch, sampling_stats = sample_rollout(engine, tokenizer, task, stream, weights, config, step)
+        shaped = shape_batch(policy, reference, batch, task, tokenizer, config, bf16, on, timer)
         policy.train()
         for update in range(config.grpo.mu):
             with timer("policy"):
                 optimizer.zero_grad(set_to_none=True)
-                stats, current = optimisation_pass(
-                    policy, batch, advantages, old_logprobs, ref_logprobs, config, bf16, on
-                )
+                stats, current = optimisation_pass(policy, batch, shaped, config, bf16, on)
             with timer("optimizer"):
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.train.max_grad_norm).item()
                 optimizer.step()
@@ -185,9 +254,15 @@ def train(config: Config, log=print) -> Path:
                 first_stats, first_logprobs = stats, current
         scheduler.step()
         engine.sync_weights(policy)
-        if config.grpo.ref_reset_every and reference is not None and step % config.grpo.ref_reset_every == 0:
-            reference.load_state_dict(policy.state_dict())  # R1: pi_ref <- pi_theta every K steps
+        iterations.record(batch)
+        extra = {**sampling_stats, **shaped.stats}
+        if iterations.ends_iteration(step):  # DeepSeekMath Algorithm 1: retrain reward models, then reset
+            extra.update(iterations.end_iteration())
+        reset_every = config.grpo.ref_reset_every
+        if reference is not None and (iterations.ends_iteration(step) or reset_every and step % reset_every == 0):
+            reference.reset()  # pi_ref <- pi_theta (R1: every K steps)
         record = step_metrics(step, batch, first_stats, first_logprobs, grad_norm, scheduler, timer)
+        record.update(extra)
         metrics_writer.write(record)
         progress.update(record)
     progress.close()
@@ -197,7 +272,8 @@ def train(config: Config, log=print) -> Path:
         )
         results["after"] = {"accuracy": accuracy}
     write_json_atomic(run_dir / "eval.json", results)
-    save_model_atomic(policy, tokenizer, run_dir / "final")
+    adapter_applies = reference is None or reference.resets == 0
+    save_policy(policy, tokenizer, run_dir, adapter_applies, save_model_atomic, log)
     log(summary_line(results, run_dir))
     return run_dir
 
@@ -245,7 +321,6 @@ def step_metrics(step, batch, stats, trainer_logprobs, grad_norm, scheduler, tim
         "learning_rate": scheduler.get_last_lr()[0],
         "completion_len_mean": lengths.mean().item(),
         "truncated_frac": sum(c.finish_reason == "length" for c in batch.completions) / len(batch.completions),
-        "zero_std_groups_frac": (rewards.std(dim=1) == 0).float().mean().item(),
         "logprob_mismatch": ((batch.sampling_logprobs - trainer_logprobs).abs() * mask).sum().item()
         / max(1.0, mask.sum().item()),
         "step_seconds": seconds,

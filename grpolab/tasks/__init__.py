@@ -9,11 +9,11 @@ class TaskError(ValueError):
     """An unknown task name or unusable task data; one line naming the problem."""
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, template: str = "default") -> Task:
     if name == "arithmetic":
         from grpolab.tasks.arithmetic import ArithmeticTask
 
-        return ArithmeticTask()
+        return ArithmeticTask(template=template)
     raise TaskError(f"task: unknown task {name!r} (available: arithmetic)")
 
 
