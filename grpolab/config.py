@@ -142,7 +142,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.micro_batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "grpo.beta": (lambda v: v >= 0, "a float >= 0"),
     "grpo.mu": (lambda v: v >= 1, "an integer >= 1"),
-    "grpo.eps_low": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
+    "grpo.eps_low": (lambda v: v >= 0, "a float >= 0 (>= 1 disables the lower clip, as R1 stage 1 with eps 10)"),
     "grpo.eps_high": (lambda v: v >= 0, "a float >= 0"),
     "grpo.ref_reset_every": (lambda v: v >= 0, "an integer >= 0 (0 never resets)"),
     "grpo.dynamic_sampling_max_rounds": (lambda v: v >= 1, "an integer >= 1"),
