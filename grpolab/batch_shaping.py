@@ -6,8 +6,6 @@ It works on `RolloutBatch` objects; the maths each step uses lives in `grpolab.a
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from grpolab.algorithms.advantages import process_batch_advantages, token_index_of_char
@@ -149,7 +147,3 @@ def process_advantages_for_batch(batch: RolloutBatch, task, tokenizer) -> torch.
         step_rewards.append([reward for _, reward in steps])
         step_ends.append([token_index_of_char(ends, char_end) for char_end, _ in steps])
     return process_batch_advantages(step_rewards, step_ends, size, batch.completion_ids.shape[1])
-
-
-def replace(batch: RolloutBatch, **changes) -> RolloutBatch:
-    return dataclasses.replace(batch, **changes)

@@ -108,3 +108,14 @@ def test_every_preset_loads_with_its_documented_values():
     assert (dapo.eps_high, dapo.aggregation, dapo.dynamic_sampling) == (0.28, "token", True)
     assert load_config(str(ROOT / "configs" / "dr_grpo.yaml")).grpo.advantage == "none"
     assert load_config(str(ROOT / "configs" / "gspo.yaml")).grpo.ratio_level == "sequence"
+
+
+def test_process_advantages_need_a_task_with_step_rewards():
+    from grpolab.tasks.base import Task
+    from grpolab.trainer import check_task
+
+    class NoSteps(Task):
+        name = "no-steps"
+
+    with pytest.raises(ConfigError, match="grpo.advantage"):
+        check_task(NoSteps(), load_config(None, ["grpo.advantage=process"]))
