@@ -24,7 +24,12 @@ import torch
 
 def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules: str):
     """Wrap any HF causal LM in a peft LoRA adapter; returns the PeftModel (only the adapter trains)."""
-    from peft import LoraConfig, get_peft_model
+    from grpolab.config import ConfigError
+
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ConfigError("lora.rank: LoRA needs peft (pip install 'grpolab[lora]')") from None
 
     targets = target_modules.strip()
     config = LoraConfig(
@@ -37,8 +42,6 @@ def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules: s
     try:
         return get_peft_model(model, config)
     except ValueError as error:  # e.g. a target module name the model does not have
-        from grpolab.config import ConfigError
-
         raise ConfigError(f"lora.target_modules: {str(error).splitlines()[0]}") from None
 
 

@@ -74,6 +74,7 @@ def test_knobs_run_two_steps(tmp_path, knobs):
 
 
 def test_lora_run_saves_a_plain_merged_model_and_the_adapter(tmp_path):
+    pytest.importorskip("peft")
     train_cli(tmp_path, "lora.rank=4", "lora.target_modules=q_proj,v_proj")
     final = tmp_path / "run" / "final"
     assert not (final / "adapter_config.json").exists()  # a plain HF folder
