@@ -37,8 +37,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from grpolab.config import ConfigError
     from grpolab.models import ModelError
     from grpolab.rewards.runner import RewardError
+    from grpolab.runs import TrainingError
     from grpolab.tasks import TaskError
-    from grpolab.trainer import TrainingError
 
     return (
         UserError,

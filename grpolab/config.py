@@ -52,16 +52,37 @@ class TrainConfig:
 
 @dataclass
 class GRPOConfig:
+    """Every variant is its own field; ALGORITHMS.md gives the formula each one selects."""
+
+    algorithm: Literal["grpo", "online_rft"] = "grpo"  # online_rft: gradient coefficient 1[correct]
     beta: float = 0.04
+    kl_in_reward: bool = False  # PPO style: r_i - beta * sum_t KL_t instead of + beta * KL in the loss
     mu: int = 1
     eps_low: float = 0.2
     eps_high: float = 0.2
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
-    advantage: Literal["group", "batch", "none", "rloo"] = "group"
+    advantage: Literal["group", "batch", "none", "rloo", "process"] = "group"
     ratio_level: Literal["token", "sequence"] = "token"
     aggregation: Literal["sequence", "token", "constant"] = "sequence"
     entropy_coef: float = 0.0
     ref_reset_every: int = 0
+    # DAPO batch shaping (ALGORITHMS.md section 3)
+    dynamic_sampling: bool = False
+    dynamic_sampling_max_rounds: int = 4  # generation rounds per step before training on a part-full batch
+    overlong_filter: bool = False
+    # Iterative RL (DeepSeekMath Algorithm 1): every `iteration_steps` steps reset pi_ref and retrain reward models
+    iteration_steps: int = 0
+    replay_fraction: float = 0.1
+
+
+@dataclass
+class LoraConfig:
+    """LoRA through peft; rank 0 trains every weight."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: str = "all-linear"  # comma-separated module names, or peft's "all-linear"
 
 
 @dataclass
@@ -107,6 +128,7 @@ class LogConfig:
 class Config:
     model: str = "smollm2-135m"
     task: str = "arithmetic"
+    template: Literal["default", "r1_zero"] = "default"  # r1_zero: the R1-Zero prompt and <think>/<answer> rewards
     output_dir: str = ""
     name: str = "grpo-arithmetic"
     overwrite: bool = False
@@ -115,6 +137,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -142,13 +165,19 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.max_nonfinite_steps": (lambda v: v >= 1, "an integer >= 1"),
     "grpo.beta": (lambda v: v >= 0, "a float >= 0"),
     "grpo.mu": (lambda v: v >= 1, "an integer >= 1"),
-    "grpo.eps_low": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
+    "grpo.eps_low": (lambda v: v >= 0, "a float >= 0 (>= 1 disables the lower clip, as R1 stage 1 with eps 10)"),
     "grpo.eps_high": (lambda v: v >= 0, "a float >= 0"),
     "grpo.ref_reset_every": (lambda v: v >= 0, "an integer >= 0 (0 never resets)"),
     "reward.timeout_seconds": (lambda v: v > 0, "a float > 0"),
     "reward.num_workers": (lambda v: v >= 0, "an integer >= 0 (0 scores in the trainer's process)"),
     "reward.language": (lambda v: v in language_scripts(), "a language code with a known script, e.g. 'en', 'zh'"),
     "reward.overlong_buffer": (lambda v: 0 < v <= 1, "a float in (0, 1] (a fraction of max_new_tokens)"),
+    "grpo.dynamic_sampling_max_rounds": (lambda v: v >= 1, "an integer >= 1"),
+    "grpo.iteration_steps": (lambda v: v >= 0, "an integer >= 0 (0: one iteration, no reward-model retraining)"),
+    "grpo.replay_fraction": (lambda v: 0 <= v <= 1, "a float in [0, 1]"),
+    "lora.rank": (lambda v: v >= 0, "an integer >= 0 (0 disables LoRA)"),
+    "lora.alpha": (lambda v: v > 0, "a float > 0"),
+    "lora.dropout": (lambda v: 0 <= v < 1, "a float in [0, 1)"),
     "eval.n": (lambda v: v >= 0, "an integer >= 0"),
     "eval.max_new_tokens": (lambda v: v >= 1, "an integer >= 1"),
     "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
@@ -256,6 +285,12 @@ def validate(config: Config) -> None:
         raise ConfigError("rollout.temperature: 0 (greedy) gives G identical samples; use a temperature > 0")
     if not config.model:
         raise ConfigError("model: must name a model (smollm2-135m, tiny-random, a folder or a hub id)")
+    if config.grpo.kl_in_reward and config.grpo.beta == 0:
+        raise ConfigError("grpo.kl_in_reward: needs grpo.beta > 0 (beta is the coefficient of the KL in the reward)")
+    if config.grpo.kl_in_reward and (config.grpo.advantage == "process" or config.grpo.algorithm == "online_rft"):
+        raise ConfigError("grpo.kl_in_reward: works with outcome rewards only (not process or online_rft)")
+    if config.lora.rank and not config.lora.target_modules.strip():
+        raise ConfigError("lora.target_modules: must name modules (e.g. q_proj,v_proj) or be 'all-linear'")
 
 
 def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> Config:
@@ -306,6 +341,7 @@ __all__ = [
     "ConfigError",
     "EvalConfig",
     "GRPOConfig",
+    "LoraConfig",
     "LogConfig",
     "RewardConfig",
     "RolloutConfig",

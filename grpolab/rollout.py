@@ -17,7 +17,10 @@ from grpolab.rewards.runner import RewardRunner
 
 def encode_prompt(tokenizer, task, example: dict) -> list[int]:
     """Chat-template the task's messages; a tokenizer without a chat template gets a plain
-    `Question: ...\\nAnswer:` rendering (documented fallback)."""
+    `Question: ...\\nAnswer:` rendering (documented fallback). A task's raw `prompt_text` wins over both."""
+    text = task.prompt_text(example)
+    if text is not None:
+        return tokenizer(text, add_special_tokens=True)["input_ids"]
     messages = task.messages(example)
     if getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)

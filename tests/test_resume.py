@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from grpolab.checkpoint import latest_checkpoint, list_checkpoints
 from grpolab.config import load_config
-from grpolab.trainer import TrainingError, check_finite
+from grpolab.runs import TrainingError, check_finite
 from tests.conftest import ROOT, TINY, run_cli
 
 LONG = [*TINY, "train.max_steps=30", "train.save_every=4", "train.keep_checkpoints=2", "eval.n=4"]

@@ -1,10 +1,13 @@
 """The GRPO objective for one micro-batch, composed from the pure pieces in `losses.py`.
 
-    L = aggregate( clipped_surrogate(ratio, A) + beta * KL(pi_theta || pi_ref) - c * entropy )
+    L = aggregate( clipped_surrogate(ratio, A) + beta * KL(pi_theta || pi_ref) ) - c * mean token entropy
 
 Each knob is a separate field of `GRPOConfig`: ratio level (token / GSPO sequence), eps_low / eps_high,
 KL estimator and beta, aggregation, entropy coefficient. The KL is in the loss, as in GRPO
-(DeepSeekMath eq. 3), not in the reward.
+(DeepSeekMath eq. 3), unless `kl_in_reward` moves it into the reward (see `shaping.kl_penalised_rewards`);
+the measured KL is still reported then.
+The entropy bonus is a token mean over the whole rollout batch whatever the aggregation, as the spec
+writes it (- c * mean token entropy), so that c means the same thing under every aggregation.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from grpolab.algorithms.losses import (
 class Normalisers:
     """Sizes of the WHOLE rollout batch, so micro-batch losses sum to the full-batch loss."""
 
-    num_sequences: int
-    num_tokens: float
-    max_length: int
+    num_sequences: int  # rows with at least one token in the loss
+    num_tokens: float  # tokens in the loss
+    max_length: int  # L_max of `constant` aggregation: the generation budget (rollout.max_new_tokens)
 
 
 def grpo_loss(
@@ -55,13 +58,14 @@ def grpo_loss(
     }
     if ref_logprobs is not None and grpo.beta > 0:
         kl = KL_ESTIMATORS[grpo.kl_estimator](logprobs, ref_logprobs)  # [B, T]
-        token_loss = token_loss + grpo.beta * kl
+        if not grpo.kl_in_reward:
+            token_loss = token_loss + grpo.beta * kl
         stats["kl"] = masked_mean(kl.detach(), mask).item()
-    if entropy is not None:
-        if grpo.entropy_coef:
-            token_loss = token_loss - grpo.entropy_coef * entropy
-        stats["entropy"] = masked_mean(entropy.detach(), mask).item()
     loss = aggregate(
         token_loss, mask, grpo.aggregation, normalisers.num_sequences, normalisers.num_tokens, normalisers.max_length
     )
+    if entropy is not None:
+        if grpo.entropy_coef:
+            loss = loss - grpo.entropy_coef * (entropy * mask).sum() / max(normalisers.num_tokens, 1.0)
+        stats["entropy"] = masked_mean(entropy.detach(), mask).item()
     return loss, stats

@@ -17,13 +17,13 @@ class TaskError(ValueError):
 TASKS = ["arithmetic", "countdown", "gsm8k", "math", "humaneval", "jsonl"]
 
 
-def get_task(spec: str, reward_config=None) -> Task:
+def get_task(spec: str, reward_config=None, template: str = "default") -> Task:
     """The task named by `spec` (`name` or `name:PATH`), with the run's reward options."""
     name, _, source = spec.partition(":")
     if name == "arithmetic" and not source:
         from grpolab.tasks.arithmetic import ArithmeticTask
 
-        task = ArithmeticTask()
+        task = ArithmeticTask(template=template)
     elif name == "countdown":
         from grpolab.tasks.countdown import CountdownTask
 

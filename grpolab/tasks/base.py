@@ -21,6 +21,8 @@ class Task:
     fields: tuple[str, ...] = ("question", "answer")
     #: options of the optional rewards; `get_task` sets the run's
     reward_config = None
+    #: strings that end a completion (e.g. "</answer>" under the R1-Zero template)
+    stop_strings: tuple[str, ...] = ()
 
     def train_stream(self, seed: int) -> Iterator[dict]:
         """An endless, seeded stream of training examples that never contains a held-out example."""
@@ -37,6 +39,15 @@ class Task:
         """The chat prompt for an example."""
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return messages + [{"role": "user", "content": self.question(example)}]
+
+    def prompt_text(self, example: dict) -> str | None:
+        """A raw text prompt that bypasses the chat template (e.g. the R1-Zero template); None: use `messages`."""
+        return None
+
+    def step_rewards(self, completion: str, example: dict) -> list[tuple[int, float]] | None:
+        """Process supervision: (end character offset, exclusive; reward) for each step of the completion,
+        in order. None: the task has no step rewards (`grpo.advantage=process` then refuses to run)."""
+        return None
 
     def task_rewards(self) -> dict[str, RewardFunction]:
         """The task's own reward functions; weight 1 each unless `default_weights` says otherwise."""
