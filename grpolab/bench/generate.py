@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -89,6 +90,8 @@ def run(overrides: list[str]) -> int:
                 seconds = timed(backend, prompts, config.samples, sampling)
                 if repeat >= config.warmup:
                     times[name].append(seconds)
+                kind = "timed" if repeat >= config.warmup else "warm-up"
+                print(f"[{new_tokens} tokens] {name} {kind} run: {seconds:.2f} s", file=sys.stderr, flush=True)
         tokens = config.prompts * config.samples * new_tokens
         engine_rate = tokens / statistics.median(times["engine"])
         hf_rate = tokens / statistics.median(times["hf"])
