@@ -119,7 +119,7 @@ class PackedDecoder:
         return F.linear(rms_norm(hidden, self.final_norm, self.eps), self.head, self.head_bias).float()
 
     def rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = torch.arange(length).unsqueeze(0)  # [1, L]
+        positions = torch.arange(length, device=self.embed.device).unsqueeze(0)  # [1, L]
         cos, sin = self.rotary(self.embed[:1].float(), positions)  # [1, L, D] each, float32
         return cos[0], sin[0]
 
@@ -133,13 +133,13 @@ class PackedDecoder:
         positions = position_ids_from_mask(mask)  # [B, P]
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [B, 1, P, D]
         real = mask.bool()
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        causal = torch.ones(width, width, dtype=torch.bool, device=ids.device).tril()
         # Padding queries see themselves so that no softmax row is empty (their outputs are never used).
-        attend = (causal & real[:, None, None, :]) | torch.eye(width, dtype=torch.bool)  # [B, 1, P, P]
+        attend = (causal & real[:, None, None, :]) | torch.eye(width, dtype=torch.bool, device=ids.device)
         rows = batch * n
         shape = (rows, self.kv_heads, capacity, self.head_dim)
-        self.keys = [torch.empty(shape) for _ in self.layers]  # float32 whatever the weights' dtype
-        self.values = [torch.empty(shape) for _ in self.layers]
+        self.keys = [torch.empty(shape, device=ids.device) for _ in self.layers]  # float32 always
+        self.values = [torch.empty(shape, device=ids.device) for _ in self.layers]
         hidden = F.embedding(ids, self.embed)  # [B, P, H]
         for index, layer in enumerate(self.layers):
             normed = rms_norm(hidden, layer.input_norm, self.eps)
@@ -150,7 +150,7 @@ class PackedDecoder:
             attention = attention.transpose(1, 2).reshape(batch, width, -1)  # [B, P, heads * D]
             hidden = self.finish_layer(layer, hidden, attention)
         self.length = width
-        self.cache_mask = torch.ones(rows, capacity, dtype=torch.bool)
+        self.cache_mask = torch.ones(rows, capacity, dtype=torch.bool, device=ids.device)
         self.cache_mask[:, :width] = real.repeat_interleave(n, dim=0)
         self.next_position = mask.sum(1).repeat_interleave(n)  # [B*n]
         return self.logits(hidden[:, -1])

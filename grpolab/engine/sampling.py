@@ -57,5 +57,7 @@ def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None) -
     cumulative = probs.cumsum(dim=-1)  # [R, V]
     u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cumulative[:, -1:]  # [R, 1]
     tokens = torch.searchsorted(cumulative, u, right=True).squeeze(-1)  # [R]
-    # float rounding can put u at the very end; fall back to the most likely token there
-    return torch.where(tokens < probs.shape[-1], tokens, probs.argmax(dim=-1))
+    overflow = tokens >= probs.shape[-1]  # float rounding can put u at the very end
+    if overflow.any():
+        tokens = torch.where(overflow, probs.argmax(dim=-1), tokens)
+    return tokens
