@@ -75,6 +75,14 @@ def pack_layer(layer, dtype: torch.dtype) -> PackedLayer:
     )
 
 
+def copy_rows(target: torch.Tensor, parts: list[torch.Tensor]) -> None:
+    """Write the row-concatenation of `parts` into `target` without building it."""
+    offset = 0
+    for part in parts:
+        target[offset : offset + part.shape[0]].copy_(part)
+        offset += part.shape[0]
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """As LlamaRMSNorm: normalise in float32, cast back, then scale."""
     x32 = x.float()
@@ -104,7 +112,10 @@ class PackedDecoder:
 
     @torch.no_grad()
     def load_weights(self, model) -> None:
-        """(Re)pack the model's current weights in the engine dtype; a tied head shares the embedding copy."""
+        """(Re)pack the model's current weights in the engine dtype; a tied head shares the embedding copy.
+        After the first call the packed tensors are overwritten in place (no new allocation per step)."""
+        if getattr(self, "layers", None):
+            return self.copy_weights(model)
         self.layers = [pack_layer(layer, self.dtype) for layer in model.model.layers]
         self.final_norm = model.model.norm.weight.detach().to(self.dtype, copy=True)
         self.embed = model.get_input_embeddings().weight.detach().to(self.dtype, copy=True)
@@ -113,6 +124,33 @@ class PackedDecoder:
         self.head = self.embed if tied else head.weight.detach().to(self.dtype, copy=True)
         bias = getattr(head, "bias", None)
         self.head_bias = None if bias is None else bias.detach().to(self.dtype, copy=True)
+
+    def copy_weights(self, model) -> None:
+        for packed, layer in zip(self.layers, model.model.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            copy_rows(packed.qkv, [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+            copy_rows(packed.gate_up, [mlp.gate_proj.weight, mlp.up_proj.weight])
+            if packed.qkv_bias is not None:
+                copy_rows(packed.qkv_bias, [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
+            if packed.gate_up_bias is not None:
+                copy_rows(packed.gate_up_bias, [mlp.gate_proj.bias, mlp.up_proj.bias])
+            for target, source in [
+                (packed.input_norm, layer.input_layernorm.weight),
+                (packed.post_norm, layer.post_attention_layernorm.weight),
+                (packed.out, attn.o_proj.weight),
+                (packed.out_bias, attn.o_proj.bias),
+                (packed.down, mlp.down_proj.weight),
+                (packed.down_bias, mlp.down_proj.bias),
+            ]:
+                if target is not None:
+                    target.copy_(source)
+        self.final_norm.copy_(model.model.norm.weight)
+        self.embed.copy_(model.get_input_embeddings().weight)
+        head = model.get_output_embeddings()
+        if self.head is not self.embed:
+            self.head.copy_(head.weight)
+        if self.head_bias is not None:
+            self.head_bias.copy_(head.bias)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head on the last positions only: [R, H] -> [R, V] float32."""
