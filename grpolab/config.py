@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["grpolab", "hf"] = "hf"  # TODO(engine merge): grpolab
+    engine: Literal["grpolab", "hf"] = "grpolab"
     prompts_per_step: int = 8
     group_size: int = 8
     max_new_tokens: int = 48

@@ -28,7 +28,9 @@ def register(subparsers) -> None:
     parser.add_argument("--prompt", help="answer this one prompt and exit")
     parser.add_argument("--system", help="a system message placed before the conversation")
     parser.add_argument("--task", help="use this task's system prompt (default: the run's task for a run folder)")
-    parser.add_argument("--engine", choices=["hf", "grpolab"], default="hf", help="generation engine (default: hf)")
+    parser.add_argument(
+        "--engine", choices=["hf", "grpolab"], default="grpolab", help="generation engine (default: grpolab)"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens per reply (default: 256)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default); > 0 samples")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")

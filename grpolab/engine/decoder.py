@@ -29,6 +29,8 @@ STATIC_ROPE_TYPES = {"default", "linear", "llama3"}
 
 def supports(model, total_length: int) -> bool:
     """Can the packed path run this model for sequences of `total_length` tokens?"""
+    if hasattr(model, "peft_config"):  # LoRA: the adapter's update lives outside the packed weights
+        return False
     config = model.config
     if config.model_type not in SUPPORTED_TYPES or getattr(config, "hidden_act", "silu") != "silu":
         return False
