@@ -140,6 +140,13 @@ def _coerce(key: str, value: Any, tp) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key}: got {value!r}, expected {_describe(tp)}")
         return value
+    if tp is Any:  # checked later by whatever consumes it (e.g. a pipeline stage's own config)
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: got {value!r}, expected a list")
+        (item_type,) = typing.get_args(tp)
+        return [_coerce_item(f"{key}.{i}", item, item_type) for i, item in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: got {value!r}, expected a mapping")
@@ -164,6 +171,18 @@ def _coerce(key: str, value: Any, tp) -> Any:
             raise ConfigError(f"{key}: got {value!r}, expected a string")
         return str(value)
     raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _coerce_item(key: str, value: Any, tp) -> Any:
+    """A list item: a dataclass item is built from its mapping, key by key."""
+    if not dataclasses.is_dataclass(tp):
+        return _coerce(key, value, tp)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: got {value!r}, expected a mapping of keys")
+    item = tp()
+    for sub_key, sub_value in value.items():
+        _apply(item, [str(sub_key)], sub_value, f"{key}.{sub_key}")
+    return item
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -218,9 +237,23 @@ def validate(config: Config) -> None:
         raise ConfigError("model: must name a model (smollm2-135m, tiny-random, a folder or a hub id)")
 
 
-def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> Config:
-    """Build a validated Config from an optional YAML file and `key=value` overrides (applied in order)."""
-    config = Config()
+def check_ranges(config, ranges: dict[str, tuple[Any, str]]) -> None:
+    """Raise ConfigError for the first dotted key (any depth) whose value fails its predicate."""
+    for key, (ok, allowed) in ranges.items():
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not ok(value):
+            raise ConfigError(f"{key}: got {value!r}, expected {allowed}")
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple = (), root: type = Config):
+    """Build a validated config from an optional YAML file and `key=value` overrides (applied in order).
+
+    `root` is the config dataclass to build: `Config` (GRPO, checked by `validate`) or another command's
+    config, which is checked by its own `validate()` method when it has one.
+    """
+    config = root()
     if path:
         file = Path(path)
         if not file.is_file():
@@ -236,7 +269,10 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> C
     for text in overrides:
         key, value = parse_override(text)
         _apply(config, key.split("."), value, key)
-    validate(config)
+    if isinstance(config, Config):
+        validate(config)
+    elif hasattr(config, "validate"):
+        config.validate()
     return config
 
 
@@ -264,6 +300,7 @@ def describe_keys(config=None, prefix: str = "") -> list[str]:
 __all__ = [
     "Config",
     "ConfigError",
+    "check_ranges",
     "EvalConfig",
     "GRPOConfig",
     "LogConfig",
