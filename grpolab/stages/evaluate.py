@@ -70,7 +70,9 @@ def sample_groups(engine, tokenizer, task, examples, k: int, params: SamplingPar
     for start in range(0, len(examples), per_call):
         chunk = examples[start : start + per_call]
         prompts = [encode_prompt(tokenizer, task, example) for example in chunk]
-        chunk_params = SamplingParams(**{**params.__dict__, "seed": None if params.seed is None else params.seed + start})
+        chunk_params = SamplingParams(
+            **{**params.__dict__, "seed": None if params.seed is None else params.seed + start}
+        )
         groups.extend(engine.generate(prompts, k, chunk_params))
     return groups
 
