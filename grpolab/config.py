@@ -8,6 +8,7 @@ run folder (`config.yaml`), so a run can always be reproduced from its own folde
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,9 @@ RANGES: dict[str, tuple[Any, str]] = {
 }
 
 
+FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def _describe(tp) -> str:
     if typing.get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
@@ -157,6 +161,8 @@ def _coerce(key: str, value: Any, tp) -> Any:
             raise ConfigError(f"{key}: got {value!r}, expected true or false")
         return value
     if tp is float:
+        if isinstance(value, str) and FLOAT_TEXT.match(value.strip()):  # YAML 1.1 reads `1e-5` as a string
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: got {value!r}, expected a float")
         return float(value)
