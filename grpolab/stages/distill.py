@@ -163,7 +163,7 @@ def distill(config: DistillConfig, log=print) -> Path:
         student = build_student(config.student, teacher, tokenizer, config.seed).to(on)
     rows = prepare_rows(tokenizer, data, config.train, config.seed)
     parameters = sum(p.numel() for p in student.parameters())
-    log(f"distill ({config.method}): student of {parameters / 1e6:.1f}M parameters, {len(rows)} packed rows")
+    log(f"distill ({config.method}): student of {parameters:,} parameters, {len(rows)} packed rows")
     if config.method == "token":
         loss = token_level_loss(teacher, config.top_k, config.temperature)
     else:
