@@ -28,6 +28,7 @@ from grpolab.models import load_model, load_tokenizer, resolve_model_path
 from grpolab.runs import prepare_run_dir, save_model_atomic, write_text_atomic
 from grpolab.stages.sample import REJECTION_RANGES, RejectionConfig, SampleConfig, rejection_sample
 from grpolab.stages.sft import TRAIN_RANGES, SFTTrainConfig, cross_entropy_sum, fit, learned_hidden, prepare_rows
+from grpolab.stages.sft_data import read_records
 
 
 @dataclass
@@ -145,6 +146,8 @@ def token_level_loss(teacher, top_k: int, temperature: float):
 
 def distill(config: DistillConfig, log=print) -> Path:
     """Distil as configured; returns the run folder (with final/, the student)."""
+    if config.data:
+        read_records(config.data)  # bad data fails before the folder is touched
     run_dir = prepare_run_dir(config.run_dir(), config.overwrite)
     write_text_atomic(run_dir / "config.yaml", to_yaml(config))
     data = teacher_data(config, run_dir, log)
@@ -161,7 +164,7 @@ def distill(config: DistillConfig, log=print) -> Path:
         tokenizer = student_tokenizer
     else:
         student = build_student(config.student, teacher, tokenizer, config.seed).to(on)
-    rows = prepare_rows(tokenizer, data, config.train, config.seed)
+    rows = prepare_rows(tokenizer, read_records(data), config.train, config.seed)
     parameters = sum(p.numel() for p in student.parameters())
     log(f"distill ({config.method}): student of {parameters:,} parameters, {len(rows)} packed rows")
     if config.method == "token":

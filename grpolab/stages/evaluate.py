@@ -113,13 +113,13 @@ def load_for_generation(model_name: str, engine_name: str, dtype: str, log=print
 
 def evaluate(config: EvalRunConfig, log=print) -> dict:
     """Run the evaluation, write eval.json and samples.jsonl, print the table; returns the summary."""
-    run_dir = prepare_run_dir(config.run_dir(), config.overwrite)
-    write_text_atomic(run_dir / "config.yaml", to_yaml(config))
-    torch.manual_seed(config.seed)
-    task = get_task(config.task)
+    task = get_task(config.task)  # bad input fails before the folder is touched
     examples = task.eval_examples(config.n)
     if not examples:
         raise ConfigError(f"task: {config.task!r} has no held-out examples")
+    run_dir = prepare_run_dir(config.run_dir(), config.overwrite)
+    write_text_atomic(run_dir / "config.yaml", to_yaml(config))
+    torch.manual_seed(config.seed)
     start = time.perf_counter()
     _, tokenizer, engine = load_for_generation(config.model, config.engine, config.dtype, log)
     greedy, greedy_samples = greedy_accuracy(

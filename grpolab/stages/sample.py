@@ -101,12 +101,12 @@ def select(group: list[dict], rejection: RejectionConfig) -> None:
 
 def rejection_sample(config: SampleConfig, log=print) -> Path:
     """Sample, filter and write the SFT-ready data; returns the run folder."""
+    task = get_task(config.task)  # bad input fails before the folder is touched
+    weights = resolve_weights(task, config.reward.weights)
     run_dir = prepare_run_dir(config.run_dir(), config.overwrite)
     write_text_atomic(run_dir / "config.yaml", to_yaml(config))
     torch.manual_seed(config.seed)
     start = time.perf_counter()
-    task = get_task(config.task)
-    weights = resolve_weights(task, config.reward.weights)
     functions = {name: f for name, f in task.reward_functions().items() if weights.get(name, 0.0) != 0.0}
     rejection = config.rejection
     stream = task.train_stream(config.seed)

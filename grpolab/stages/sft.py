@@ -165,21 +165,22 @@ def fit(model, rows, pad_id: int, train, run_dir: Path, loss_sum: LossFn, log_co
     return total
 
 
-def prepare_rows(tokenizer, data: str, train, seed: int) -> list:
-    """Read, tokenise, shuffle (seeded) and pack the examples of a JSONL file."""
-    examples = [tokenise(tokenizer, messages) for messages in read_records(data)]
+def prepare_rows(tokenizer, conversations: list[list[dict]], train, seed: int) -> list:
+    """Tokenise, shuffle (seeded) and pack conversations."""
+    examples = [tokenise(tokenizer, messages) for messages in conversations]
     random.Random(seed).shuffle(examples)
     return pack(examples, train.max_length, train.packing)
 
 
 def sft(config: SFTConfig, log=print) -> Path:
     """Fine-tune as configured; returns the run folder (with final/)."""
+    conversations = read_records(config.data)  # bad data fails before the folder is touched
+    path = resolve_model_path(config.model, log=log)
+    tokenizer = load_tokenizer(path)
+    rows = prepare_rows(tokenizer, conversations, config.train, config.seed)
     run_dir = prepare_run_dir(config.run_dir(), config.overwrite)
     write_text_atomic(run_dir / "config.yaml", to_yaml(config))
     torch.manual_seed(config.seed)
-    path = resolve_model_path(config.model, log=log)
-    tokenizer = load_tokenizer(path)
-    rows = prepare_rows(tokenizer, config.data, config.train, config.seed)
     model = load_model(path).to(device())
     log(f"sft: {len(rows)} packed rows of <= {config.train.max_length} tokens from {config.data}")
     steps = fit(
