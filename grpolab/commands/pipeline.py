@@ -6,7 +6,12 @@ from grpolab.commands.common import add_stage_parser, load_stage_config
 
 
 def register(subparsers) -> None:
+    import yaml
+
+    from grpolab.config import to_dict
     from grpolab.stages.pipeline import PipelineConfig
+
+    stages = yaml.safe_dump({"stages": to_dict(PipelineConfig())["stages"]}, sort_keys=False)
 
     parser = add_stage_parser(
         subparsers,
@@ -17,6 +22,7 @@ def register(subparsers) -> None:
         "stages already completed in the same output_dir, then evaluates base and every stage's model on the "
         "same held-out split. With no file: SmolLM2-135M -> GRPO on arithmetic -> rejection sampling -> "
         "distillation into a ~3M-parameter student.",
+        appendix="\n\ndefault stages (a stage's settings are its command's keys):\n" + stages,
     )
     parser.set_defaults(func=run)
 
