@@ -7,8 +7,8 @@ run folder (`config.yaml`), so a run can always be reproduced from its own folde
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +193,9 @@ def language_scripts() -> dict:
     return SCRIPTS
 
 
+FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def _describe(tp) -> str:
     if typing.get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
@@ -206,6 +209,13 @@ def _coerce(key: str, value: Any, tp) -> Any:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key}: got {value!r}, expected {_describe(tp)}")
         return value
+    if tp is Any:  # checked later by whatever consumes it (e.g. a pipeline stage's own config)
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: got {value!r}, expected a list")
+        (item_type,) = typing.get_args(tp)
+        return [_coerce_item(f"{key}.{i}", item, item_type) for i, item in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: got {value!r}, expected a mapping")
@@ -216,9 +226,8 @@ def _coerce(key: str, value: Any, tp) -> Any:
             raise ConfigError(f"{key}: got {value!r}, expected true or false")
         return value
     if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
-            with contextlib.suppress(ValueError):
-                value = float(value)
+        if isinstance(value, str) and FLOAT_TEXT.match(value.strip()):  # YAML 1.1 reads `1e-5` as a string
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: got {value!r}, expected a float")
         return float(value)
@@ -233,6 +242,18 @@ def _coerce(key: str, value: Any, tp) -> Any:
             raise ConfigError(f"{key}: got {value!r}, expected a string")
         return str(value)
     raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _coerce_item(key: str, value: Any, tp) -> Any:
+    """A list item: a dataclass item is built from its mapping, key by key."""
+    if not dataclasses.is_dataclass(tp):
+        return _coerce(key, value, tp)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: got {value!r}, expected a mapping of keys")
+    item = tp()
+    for sub_key, sub_value in value.items():
+        _apply(item, [str(sub_key)], sub_value, f"{key}.{sub_key}")
+    return item
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -276,11 +297,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def validate(config: Config) -> None:
-    for key, (ok, allowed) in RANGES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        if not ok(value):
-            raise ConfigError(f"{key}: got {value!r}, expected {allowed}")
+    check_ranges(config, RANGES)
     if config.rollout.temperature == 0:
         raise ConfigError("rollout.temperature: 0 (greedy) gives G identical samples; use a temperature > 0")
     if not config.model:
@@ -293,9 +310,23 @@ def validate(config: Config) -> None:
         raise ConfigError("lora.target_modules: must name modules (e.g. q_proj,v_proj) or be 'all-linear'")
 
 
-def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> Config:
-    """Build a validated Config from an optional YAML file and `key=value` overrides (applied in order)."""
-    config = Config()
+def check_ranges(config, ranges: dict[str, tuple[Any, str]]) -> None:
+    """Raise ConfigError for the first dotted key (any depth) whose value fails its predicate."""
+    for key, (ok, allowed) in ranges.items():
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not ok(value):
+            raise ConfigError(f"{key}: got {value!r}, expected {allowed}")
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple = (), root: type = Config):
+    """Build a validated config from an optional YAML file and `key=value` overrides (applied in order).
+
+    `root` is the config dataclass to build: `Config` (GRPO, checked by `validate`) or another command's
+    config, which is checked by its own `validate()` method when it has one.
+    """
+    config = root()
     if path:
         file = Path(path)
         if not file.is_file():
@@ -311,7 +342,10 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> C
     for text in overrides:
         key, value = parse_override(text)
         _apply(config, key.split("."), value, key)
-    validate(config)
+    if isinstance(config, Config):
+        validate(config)
+    elif hasattr(config, "validate"):
+        config.validate()
     return config
 
 
@@ -339,6 +373,7 @@ def describe_keys(config=None, prefix: str = "") -> list[str]:
 __all__ = [
     "Config",
     "ConfigError",
+    "check_ranges",
     "EvalConfig",
     "GRPOConfig",
     "LoraConfig",
