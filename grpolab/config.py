@@ -26,7 +26,7 @@ class RolloutConfig:
     engine: Literal["grpolab", "hf"] = "grpolab"
     prompts_per_step: int = 8
     group_size: int = 8
-    max_new_tokens: int = 48
+    max_new_tokens: int = 32
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -35,8 +35,8 @@ class RolloutConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 60
-    learning_rate: float = 2e-6
+    max_steps: int = 100
+    learning_rate: float = 1e-5
     lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"
     warmup_steps: int = 0
     weight_decay: float = 0.0
@@ -45,9 +45,10 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     micro_batch_size: int = 16
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    save_every: int = 20
+    save_every: int = 25
     keep_checkpoints: int = 2
     max_nonfinite_steps: int = 3
+    max_minutes: float = 11.0  # a time budget for the training steps (0: none); evaluation runs after it
 
 
 @dataclass
@@ -105,7 +106,7 @@ class EvalConfig:
     n: int = 64
     before: bool = True
     after: bool = True
-    max_new_tokens: int = 48
+    max_new_tokens: int = 32
     batch_size: int = 64
 
 
@@ -162,6 +163,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.micro_batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "train.save_every": (lambda v: v >= 0, "an integer >= 0 (0 saves no checkpoints)"),
     "train.keep_checkpoints": (lambda v: v >= 1, "an integer >= 1"),
+    "train.max_minutes": (lambda v: v >= 0, "a float >= 0 (0: no time budget)"),
     "train.max_nonfinite_steps": (lambda v: v >= 1, "an integer >= 1"),
     "grpo.beta": (lambda v: v >= 0, "a float >= 0"),
     "grpo.mu": (lambda v: v >= 1, "an integer >= 1"),

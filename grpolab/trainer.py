@@ -17,6 +17,7 @@ optimizer state.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,6 +216,7 @@ def train(config: Config, log=print) -> Path:
         state["eval"]["before"] = {"accuracy": evaluate(run, eval_examples)}
         progress.message(f"held-out accuracy before training: {state['eval']['before']['accuracy']:.3f}")
     stream = CountingStream(task.train_stream(config.seed), skip=state["examples_consumed"])
+    deadline = time.monotonic() + 60 * config.train.max_minutes if config.train.max_minutes else math.inf
     with StopRequest() as stop:
         for step in range(state.get("step", 0) + 1, config.train.max_steps + 1):
             record, batch = grpo_step(run, step, stream)
@@ -236,6 +238,9 @@ def train(config: Config, log=print) -> Path:
                 run.rewards.close()
                 log(f"stopped at step {step}; checkpoint saved. Resume with: grpolab train --resume {run_dir}")
                 return run_dir
+            if time.monotonic() > deadline:  # the time budget ends training early; evaluation still runs
+                progress.message(f"train.max_minutes={config.train.max_minutes} reached after step {step}")
+                break
     progress.close()
     run.rewards.close()
     results = {"n": len(eval_examples), **state["eval"]}

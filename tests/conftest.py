@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "model=tiny-random",
     "train.max_steps=3",
+    "train.max_minutes=0",  # no time budget: a loaded machine must not change what a test sees
     "rollout.prompts_per_step=2",
     "rollout.group_size=4",
     "rollout.max_new_tokens=16",

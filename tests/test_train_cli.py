@@ -71,3 +71,12 @@ def test_help_lists_keys():
     result = run_cli("train", "--help")
     assert result.returncode == 0
     assert "rollout.group_size = 8" in result.stdout and "grpo.beta" in result.stdout
+
+
+def test_time_budget_stops_training_and_still_evaluates(tmp_path):
+    run_dir = tmp_path / "budget"
+    run_cli("train", *TINY, "train.max_steps=50", "train.max_minutes=0.0001", f"output_dir={run_dir}", check=True)
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1]
+    assert "after" in json.loads((run_dir / "eval.json").read_text())
+    assert (run_dir / "final" / "config.json").exists()
