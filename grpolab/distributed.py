@@ -42,8 +42,8 @@ def launched_by_torchrun() -> bool:
 
 def check_world(config: Config, world_size: int) -> None:
     """What a run split over `world_size` processes cannot do, refused in one line before anything starts."""
-    if world_size <= 1 and not launched_by_torchrun():
-        return
+    if config.parallel.cpu_offload and (config.parallel.strategy != "fsdp" or not torch.cuda.is_available()):
+        raise ConfigError("parallel.cpu_offload: needs parallel.strategy=fsdp on GPUs")
     if config.rollout.prompts_per_step % world_size:
         raise ConfigError(
             f"rollout.prompts_per_step: {config.rollout.prompts_per_step} prompts cannot be shared equally by "
@@ -51,8 +51,6 @@ def check_world(config: Config, world_size: int) -> None:
         )
     if config.grpo.dynamic_sampling and world_size > 1:
         raise ConfigError("grpo.dynamic_sampling: not supported with more than one process yet")
-    if config.parallel.cpu_offload and (config.parallel.strategy != "fsdp" or not torch.cuda.is_available()):
-        raise ConfigError("parallel.cpu_offload: needs parallel.strategy=fsdp on GPUs")
 
 
 @dataclass
@@ -208,6 +206,7 @@ class Parallel:
 def init(config: Config) -> Parallel:
     """Join torchrun's process group when launched by it; otherwise one process, no group."""
     if not launched_by_torchrun():
+        check_world(config, 1)
         return Parallel()
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from grpolab import batch_shaping, distributed
+from grpolab.algorithms.logprobs import as_scorer
 from grpolab.algorithms.objective import Normalisers, grpo_loss
 from grpolab.batch_shaping import autocast_context
 from grpolab.checkpoint import load_checkpoint, save_checkpoint, truncate_metrics
@@ -62,9 +63,9 @@ def make_scheduler(optimizer, config: Config):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def optimisation_pass(run, batch, shaped):
+def optimisation_pass(policy, batch, shaped, config: Config, bf16: bool, on, parallel: Parallel | None = None):
     """One pass over the rollout in micro-batches, accumulating gradients of the full-batch loss (all ranks')."""
-    config, parallel, on = run.config, run.parallel, run.device
+    parallel, scorer = parallel or Parallel(), as_scorer(policy)
     mask, advantages = shaped.loss_mask, shaped.advantages  # [B, T], [B, 1] or [B, T]
     old_logprobs, ref_logprobs = shaped.old_logprobs, shaped.ref_logprobs
     sequences, tokens = parallel.sum([float(mask.any(1).sum()), float(mask.sum())])  # of the whole batch
@@ -74,9 +75,9 @@ def optimisation_pass(run, batch, shaped):
     parts = list(micro_batches(batch, config.train.micro_batch_size))
     for index, (rows, (p_ids, p_mask, c_ids, c_mask)) in enumerate(parts):
         width = c_ids.shape[1]
-        with parallel.accumulating(run.scorer, last=index == len(parts) - 1):
-            with autocast_context(run.bf16, on):
-                logprobs, entropy = run.scorer(
+        with parallel.accumulating(scorer, last=index == len(parts) - 1):
+            with autocast_context(bf16, on):
+                logprobs, entropy = scorer(
                     p_ids.to(on), p_mask.to(on), c_ids.to(on), c_mask.to(on), config.rollout.temperature, True
                 )
             logprobs = logprobs.float()
@@ -308,7 +309,7 @@ def grpo_step(run: TrainingRun, step: int, stream):
     for update in range(config.grpo.mu):
         with timer("policy"):
             optimizer.zero_grad(set_to_none=True)
-            stats, current = optimisation_pass(run, batch, shaped)
+            stats, current = optimisation_pass(run.scorer, batch, shaped, config, run.bf16, run.device, parallel)
         with timer("optimizer"):
             grad_norm = parallel.clip_grad_norm(run.scorer, config.train.max_grad_norm)
             if math.isfinite(grad_norm) and math.isfinite(stats["loss"]):  # the same on every rank

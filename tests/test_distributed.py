@@ -1,4 +1,5 @@
-"""Many processes (issue 10): torchrun on CPU with gloo over loopback, tiny-random.
+"""Many processes (issue 10): torchrun on CPU with gloo over loopback, tiny-random. The DDP run is two torchrun
+"nodes" on 127.0.0.1 meeting through a c10d rendezvous; the FSDP runs go through `grpolab train --nproc 2`.
 
 The comparisons run in fp32 (`train.precision=fp32`) so that the only differences are the order of floating
 point sums: 2 processes x 2 prompts must give what 1 process gives with 4 prompts sampled 2 per engine call
@@ -22,6 +23,7 @@ from safetensors.torch import load_file
 from grpolab.batch_shaping import call_seed
 from grpolab.config import ConfigError, load_config
 from grpolab.distributed import Parallel, check_world
+from grpolab.trainer import train
 from tests.conftest import ROOT, run_cli
 
 SETTINGS = [
@@ -68,20 +70,49 @@ def assert_same_run(a: Path, b: Path, tolerance: float = TOLERANCE) -> None:
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("one") / "run"
-    run_cli("train", *SETTINGS, "rollout.generation_batch=2", f"output_dir={run_dir}", "--quiet", check=True)
+    train(load_config(None, [*SETTINGS, "rollout.generation_batch=2", f"output_dir={run_dir}", "log.quiet=true"]))
     return run_dir
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def two_nodes(settings: list[str]) -> None:
+    """Two torchrun launchers (two 'machines', one process each) meet through a c10d rendezvous on 127.0.0.1."""
+    endpoint = f"--rdzv-endpoint=127.0.0.1:{free_port()}"
+    launchers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={node}"]
+            + ["--rdzv-backend=c10d", endpoint, "--rdzv-id=test", "-m", "grpolab", "train", *settings],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    outputs = [launcher.communicate(timeout=300)[0] for launcher in launchers]
+    assert [launcher.returncode for launcher in launchers] == [0, 0], outputs
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
-    """strategy -> the folder of an uninterrupted 2-process run (made on first use)."""
+    """strategy -> the folder of an uninterrupted 2-process run (made on first use). DDP runs as two torchrun
+    "nodes" on loopback, FSDP through `grpolab train --nproc 2`: both launches are covered, each once."""
     made = {}
 
     def run(strategy: str) -> Path:
         if strategy not in made:
             run_dir = tmp_path_factory.mktemp(strategy) / "run"
-            args = [*SETTINGS, f"parallel.strategy={strategy}", f"output_dir={run_dir}", "--quiet", "--nproc", "2"]
-            run_cli("train", *args, check=True)
+            args = [*SETTINGS, f"parallel.strategy={strategy}", f"output_dir={run_dir}", "--quiet"]
+            if strategy == "ddp":
+                two_nodes(args)
+            else:
+                run_cli("train", *args, "--nproc", "2", check=True)
             made[strategy] = run_dir
         return made[strategy]
 
@@ -137,36 +168,6 @@ def test_killed_two_process_run_resumes(two_processes, tmp_path):
     assert not (run_dir / "final").exists()
     run_cli("train", "--resume", str(run_dir), "--quiet", "--nproc", "2", check=True)
     assert_same_run(two_processes("fsdp"), run_dir, tolerance=0.0)  # same ranks, same order: bitwise
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_two_nodes_on_loopback_complete_a_step(tmp_path):
-    """Two torchrun launchers (two 'machines') meet through a c10d rendezvous on 127.0.0.1."""
-    run_dir = tmp_path / "nodes"
-    port = free_port()
-    settings = [*SETTINGS, "train.max_steps=1", "eval.n=0", f"output_dir={run_dir}", "--quiet"]
-    launchers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1"]
-            + [f"--node-rank={node}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=t"]
-            + ["-m", "grpolab", "train", *settings],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for node in (0, 1)
-    ]
-    outputs = [launcher.communicate(timeout=300)[0] for launcher in launchers]
-    assert [launcher.returncode for launcher in launchers] == [0, 0], outputs
-    assert [m["step"] for m in metrics(run_dir)] == [1]
-    assert (run_dir / "final" / "model.safetensors").exists()
 
 
 def test_one_process_collectives_are_identities():
