@@ -218,6 +218,10 @@ def init(config: Config) -> Parallel:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    if rank != 0:  # one progress bar per run, not one per rank
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     parallel = config.parallel
     return Parallel(rank, world_size, local_rank, parallel.strategy, parallel.cpu_offload, device, active=True)
 
