@@ -19,7 +19,7 @@ from grpolab.algorithms.advantages import (
     rft_coefficients,
     token_index_of_char,
 )
-from grpolab.algorithms.logprobs import completion_logprobs
+from grpolab.algorithms.logprobs import as_scorer
 from grpolab.algorithms.losses import KL_ESTIMATORS
 from grpolab.algorithms.shaping import kl_penalised_rewards, overlong_loss_mask, zero_variance_groups
 from grpolab.config import Config
@@ -110,6 +110,7 @@ def concat_rollouts(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
             n: [v for b in batches for v in b.reward_parts.get(n, [None] * len(b.completions))] for n in names
         },
         correct=[c for b in batches for c in b.correct],
+        reward_errors=sum(b.reward_errors for b in batches),
     )
 
 
@@ -164,11 +165,10 @@ def autocast_context(bf16: bool, on: torch.device):
 def batch_logprobs(model, batch, size: int, temperature: float, bf16: bool, on) -> torch.Tensor:
     """Log-probs of the rollout's tokens under `model` (no gradient), [B, T]."""
     out = torch.zeros_like(batch.sampling_logprobs)
+    scorer = as_scorer(model)
     for rows, (p_ids, p_mask, c_ids, c_mask) in micro_batches(batch, size):
         with autocast_context(bf16, on):
-            logprobs, _ = completion_logprobs(
-                model, p_ids.to(on), p_mask.to(on), c_ids.to(on), c_mask.to(on), temperature
-            )
+            logprobs, _ = scorer(p_ids.to(on), p_mask.to(on), c_ids.to(on), c_mask.to(on), temperature)
         out[rows, : logprobs.shape[1]] = logprobs.float().cpu()
     return out
 
@@ -184,34 +184,54 @@ class ShapedBatch:
     stats: dict
 
 
-def sample_rollout(engine, tokenizer, task, stream, rewards, config: Config, step: int):
-    """Generate and score N groups (more rounds with dynamic sampling); returns (batch, stats)."""
+def call_seed(base: int, first_prompt: int) -> int:
+    """The seed of one engine call: the step's seed, moved by the global index of the call's first prompt
+    (a call starting at prompt 0 keeps the step's seed, so one process with one call is unchanged)."""
+    return (base + first_prompt * 1_000_000_007) % 2**63
+
+
+def sample_rollout(engine, tokenizer, task, stream, rewards, config: Config, step: int, share=None):
+    """Generate and score N groups (more rounds with dynamic sampling); returns (batch, stats).
+
+    `share(examples) -> (this process's examples, global index of its first)` splits the N prompts between
+    processes (grpolab/distributed.py); alone, a process keeps them all."""
     rollout, grpo = config.rollout, config.grpo
     rounds = iter(range(grpo.dynamic_sampling_max_rounds))
+    share = share or (lambda examples: (examples, 0))
 
-    def generate(examples):
-        params = SamplingParams(
-            max_new_tokens=rollout.max_new_tokens,
-            temperature=rollout.temperature,
-            top_p=rollout.top_p,
-            top_k=rollout.top_k,
-            stop_strings=list(task.stop_strings),
-            seed=(config.seed * 1_000_003 + step) * 31 + next(rounds),
-        )
-        return collect_rollout(engine, tokenizer, task, examples, rollout.group_size, params, rewards)
+    def generate(examples, first=0):
+        base = (config.seed * 1_000_003 + step) * 31 + next(rounds)
+        size = rollout.generation_batch or len(examples)
+        parts = []
+        for start in range(0, len(examples), size):
+            params = SamplingParams(
+                max_new_tokens=rollout.max_new_tokens,
+                temperature=rollout.temperature,
+                top_p=rollout.top_p,
+                top_k=rollout.top_k,
+                stop_strings=list(task.stop_strings),
+                seed=call_seed(base, first + start),
+            )
+            chunk = examples[start : start + size]
+            parts.append(collect_rollout(engine, tokenizer, task, chunk, rollout.group_size, params, rewards))
+        return concat_rollouts(parts, tokenizer.pad_token_id)
 
     draw = lambda n: [next(stream) for _ in range(n)]
     if grpo.dynamic_sampling:
         return dynamic_sampling(
             generate, draw, rollout.prompts_per_step, grpo.dynamic_sampling_max_rounds, tokenizer.pad_token_id
         )
-    batch = generate(draw(rollout.prompts_per_step))
+    batch = generate(*share(draw(rollout.prompts_per_step)))
     zero = zero_variance_groups(batch.rewards).float().mean().item()
     return batch, {"groups_dropped": 0, "sampling_rounds": 1, "zero_std_groups_frac": zero}
 
 
-def shape_batch(policy, reference, batch, task, tokenizer, config: Config, bf16: bool, on, timer) -> ShapedBatch:
-    """Loss mask, old and reference log-probs, and advantages for one rollout batch."""
+def shape_batch(
+    policy, reference, batch, task, tokenizer, config: Config, bf16: bool, on, timer, batch_wide=None
+) -> ShapedBatch:
+    """Loss mask, old and reference log-probs, and advantages for one rollout batch. `batch_wide(f, *rows)` applies
+    f to the rows of the whole batch when it is split between processes (grpolab/distributed.py)."""
+    batch_wide = batch_wide or (lambda function, *tensors: function(*tensors))
     grpo, size, temperature = config.grpo, config.train.micro_batch_size, config.rollout.temperature
     old_logprobs = ref_logprobs = None
     if grpo.mu > 1 or grpo.kl_in_reward:  # fixed for the mu passes; with mu = 1 the pass uses its own
@@ -231,7 +251,8 @@ def shape_batch(policy, reference, batch, task, tokenizer, config: Config, bf16:
         advantages = process_advantages_for_batch(batch, task, tokenizer)  # [B, T]
     else:
         scored = scored_mask(batch)  # [N, G]
-        advantages = compute_advantages(rewards, grpo.advantage, scored).reshape(-1, 1)  # [B, 1]
+        estimate = lambda rewards, scored: compute_advantages(rewards, grpo.advantage, scored)
+        advantages = batch_wide(estimate, rewards, scored).reshape(-1, 1)  # [N, G] -> [B, 1]
     mask = loss_mask(batch, grpo.overlong_filter)
     stats["overlong_filtered_frac"] = 1.0 - mask.any(1).float().mean().item() if grpo.overlong_filter else 0.0
     return ShapedBatch(mask, advantages, old_logprobs, ref_logprobs, stats)

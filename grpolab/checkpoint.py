@@ -62,10 +62,13 @@ def save_checkpoint(
     save_file(model_state(model), str(staging / "model.safetensors"))
     for name, extra in (extra_models or {}).items():
         save_file(model_state(extra), str(staging / f"{name}.safetensors"))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-        staging / "training_state.pt",
-    )
+    training_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    return publish_checkpoint(staging, root, step, training_state, trainer_state, keep)
+
+
+def publish_checkpoint(staging: Path, root: Path, step: int, training_state: dict, trainer_state: dict, keep: int):
+    """Add the RNG and trainer state to a staged checkpoint, rename it into place and prune old ones."""
+    torch.save({**training_state, "rng": rng_state()}, staging / "training_state.pt")
     (staging / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
     target = root / f"step-{step}"
     if target.exists():

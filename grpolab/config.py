@@ -31,6 +31,9 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    # prompts per engine call (0: all of this process's prompts at once); each call is seeded by the global index
+    # of its first prompt, so a run split over processes samples what one process with this setting samples
+    generation_batch: int = 0
 
 
 @dataclass
@@ -126,6 +129,14 @@ class LogConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """Many processes (grpolab/distributed.py): launched by torchrun or `grpolab train --nproc N`."""
+
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2 `fully_shard`, weights/grads/optimizer state sharded
+    cpu_offload: bool = False  # fsdp on GPUs: keep the sharded weights and optimizer state in CPU memory
+
+
+@dataclass
 class Config:
     model: str = "smollm2-135m"
     task: str = "arithmetic"
@@ -142,6 +153,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def run_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.name}")
@@ -155,6 +167,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "rollout.temperature": (lambda v: v >= 0, "a float >= 0"),
     "rollout.top_p": (lambda v: 0 < v <= 1, "a float in (0, 1]"),
     "rollout.top_k": (lambda v: v >= 0, "an integer >= 0 (0 disables top-k)"),
+    "rollout.generation_batch": (lambda v: v >= 0, "an integer >= 0 (0: all prompts in one engine call)"),
     "train.max_steps": (lambda v: v >= 0, "an integer >= 0"),
     "train.learning_rate": (lambda v: v >= 0, "a float >= 0"),
     "train.warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
@@ -308,6 +321,8 @@ def validate(config: Config) -> None:
         raise ConfigError("grpo.kl_in_reward: needs grpo.beta > 0 (beta is the coefficient of the KL in the reward)")
     if config.grpo.kl_in_reward and (config.grpo.advantage == "process" or config.grpo.algorithm == "online_rft"):
         raise ConfigError("grpo.kl_in_reward: works with outcome rewards only (not process or online_rft)")
+    if config.lora.rank and config.parallel.strategy == "fsdp":
+        raise ConfigError("parallel.strategy: 'fsdp' with LoRA is not supported; use 'ddp' (LoRA trains few weights)")
     if config.lora.rank and not config.lora.target_modules.strip():
         raise ConfigError("lora.target_modules: must name modules (e.g. q_proj,v_proj) or be 'all-linear'")
 
@@ -380,6 +395,7 @@ __all__ = [
     "GRPOConfig",
     "LoraConfig",
     "LogConfig",
+    "ParallelConfig",
     "RewardConfig",
     "RolloutConfig",
     "TrainConfig",

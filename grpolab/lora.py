@@ -70,10 +70,13 @@ def fold_adapter(model) -> None:
 class Reference:
     """pi_ref: a frozen copy of the policy, or the LoRA policy with its adapter disabled."""
 
-    def __init__(self, policy):
+    def __init__(self, policy, frozen=None):
+        """`frozen`: a ready-made copy (e.g. sharded like the policy); by default a deep copy of `policy`."""
         self.policy = policy
         self.lora = is_lora(policy)
-        self.frozen = None if self.lora else copy.deepcopy(policy).eval().requires_grad_(False)
+        if frozen is None and not self.lora:
+            frozen = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.frozen = frozen
         self.resets = 0
 
     @contextlib.contextmanager

@@ -10,12 +10,13 @@
         every K steps / at the end of an outer iteration: pi_ref <- pi_theta (and retrain reward models)
 
 The batch shaping lives in `batch_shaping.py`, LoRA and the reference in `lora.py`, the outer iterations in
-`iterative.py`. Compute runs in bf16 autocast where the hardware supports it, with fp32 master weights and
-optimizer state.
+`iterative.py`, the split over many processes (torchrun, DDP / FSDP2) in `distributed.py`. Compute runs in
+bf16 autocast where the hardware supports it, with fp32 master weights and optimizer state.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -24,12 +25,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from grpolab import batch_shaping
-from grpolab.algorithms.logprobs import completion_logprobs
+from grpolab import batch_shaping, distributed
+from grpolab.algorithms.logprobs import as_scorer
 from grpolab.algorithms.objective import Normalisers, grpo_loss
 from grpolab.batch_shaping import autocast_context
 from grpolab.checkpoint import load_checkpoint, save_checkpoint, truncate_metrics
 from grpolab.config import Config, ConfigError
+from grpolab.distributed import Parallel, Silent, silenced
 from grpolab.engine import make_engine
 from grpolab.evaluation import greedy_accuracy
 from grpolab.hardware import device, use_bf16
@@ -40,6 +42,7 @@ from grpolab.progress import Progress
 from grpolab.rewards.runner import RewardRunner, resolve_weights
 from grpolab.rollout import micro_batches
 from grpolab.runs import MetricsWriter, StopRequest, check_finite, open_run_dir, save_model_atomic, write_json_atomic
+from grpolab.sharded_checkpoint import is_sharded, load_sharded_checkpoint, save_sharded_checkpoint
 from grpolab.step_metrics import Timer, step_metrics, summary_line
 from grpolab.tasks import Task, get_task
 from grpolab.tracking import Tracker, check_backends, sample_due, sample_rows
@@ -61,38 +64,39 @@ def make_scheduler(optimizer, config: Config):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def optimisation_pass(policy, batch, shaped, config: Config, bf16: bool, on):
-    """One pass over the rollout in micro-batches, accumulating gradients of the full-batch loss."""
+def optimisation_pass(policy, batch, shaped, config: Config, bf16: bool, on, parallel: Parallel | None = None):
+    """One pass over the rollout in micro-batches, accumulating gradients of the full-batch loss (all ranks')."""
+    parallel, scorer = parallel or Parallel(), as_scorer(policy)
     mask, advantages = shaped.loss_mask, shaped.advantages  # [B, T], [B, 1] or [B, T]
     old_logprobs, ref_logprobs = shaped.old_logprobs, shaped.ref_logprobs
-    normalisers = Normalisers(max(1, int(mask.any(1).sum())), float(mask.sum()), config.rollout.max_new_tokens)
+    sequences, tokens = parallel.sum([float(mask.any(1).sum()), float(mask.sum())])  # of the whole batch
+    normalisers = Normalisers(max(1, int(sequences)), tokens, config.rollout.max_new_tokens)
     totals: dict[str, float] = {"loss": 0.0}
     current = torch.zeros_like(batch.sampling_logprobs)
-    for rows, (p_ids, p_mask, c_ids, c_mask) in micro_batches(batch, config.train.micro_batch_size):
+    parts = list(micro_batches(batch, config.train.micro_batch_size))
+    for index, (rows, (p_ids, p_mask, c_ids, c_mask)) in enumerate(parts):
         width = c_ids.shape[1]
-        with autocast_context(bf16, on):
-            logprobs, entropy = completion_logprobs(
-                policy,
-                p_ids.to(on),
-                p_mask.to(on),
-                c_ids.to(on),
-                c_mask.to(on),
-                config.rollout.temperature,
-                with_entropy=True,
+        with parallel.accumulating(scorer, last=index == len(parts) - 1):
+            with autocast_context(bf16, on):
+                logprobs, entropy = scorer(
+                    p_ids.to(on), p_mask.to(on), c_ids.to(on), c_mask.to(on), config.rollout.temperature, True
+                )
+            logprobs = logprobs.float()
+            old = logprobs.detach() if old_logprobs is None else old_logprobs[rows, :width].to(on)
+            ref = None if ref_logprobs is None else ref_logprobs[rows, :width].to(on)
+            row_advantages = advantages[rows, : width if advantages.shape[1] > 1 else 1].to(on)
+            row_mask = mask[rows, :width].to(on)
+            loss, stats = grpo_loss(
+                logprobs, old, ref, row_advantages, row_mask, config.grpo, normalisers, entropy.float()
             )
-        logprobs = logprobs.float()
-        old = logprobs.detach() if old_logprobs is None else old_logprobs[rows, :width].to(on)
-        ref = None if ref_logprobs is None else ref_logprobs[rows, :width].to(on)
-        row_advantages = advantages[rows, : width if advantages.shape[1] > 1 else 1].to(on)
-        row_mask = mask[rows, :width].to(on)
-        loss, stats = grpo_loss(logprobs, old, ref, row_advantages, row_mask, config.grpo, normalisers, entropy.float())
-        loss.backward()
+            # DDP and FSDP average the ranks' gradients; the loss is a sum over the whole batch's ranks
+            (loss * parallel.world_size if parallel.active else loss).backward()
         share = row_mask.sum().item() / max(normalisers.num_tokens, 1.0)  # token-weighted share for logging means
         totals["loss"] += loss.item()
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + value * share
         current[rows, :width] = logprobs.detach().cpu()
-    return totals, current
+    return parallel.sum_dict(totals), current
 
 
 def load_policy(config: Config, on, log):
@@ -119,7 +123,9 @@ class TrainingRun:
     task: Task
     rewards: RewardRunner
     tokenizer: object
-    policy: torch.nn.Module
+    policy: torch.nn.Module  # the causal LM (its weights sharded in place under FSDP)
+    scorer: torch.nn.Module  # what the loss calls for log-probs: the policy in a CompletionScorer (in DDP / FSDP)
+    rollout_model: torch.nn.Module  # full weights for the engine and final/: the policy, or its copy under FSDP
     reference: Reference | None  # None when beta = 0: no reference model at all
     iterations: IterativeRL
     engine: object
@@ -127,24 +133,27 @@ class TrainingRun:
     scheduler: object
     bf16: bool
     device: torch.device
+    parallel: Parallel
 
 
-def setup(config: Config, log) -> tuple[TrainingRun, Path | None]:
+def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | None]:
     # Everything that can be refused is checked before the run folder is touched.
     task = get_task(config.task, config.reward, config.template)
     check_task(task, config)
     weights = resolve_weights(task, config.reward.weights)
     check_backends(config.log)
-    run_dir, checkpoint = open_run_dir(config)
+    run_dir, checkpoint = parallel.on_main(lambda: open_run_dir(config))  # rank 0 writes the run folder
     reward = config.reward
     rewards = RewardRunner(
         task.reward_functions(), weights, reward.on_error, reward.timeout_seconds, reward.num_workers
     )
     torch.manual_seed(config.seed)
-    on = device()
-    policy, tokenizer = load_policy(config, on, log)
+    on = parallel.device if parallel.active else device()
+    policy, tokenizer = parallel.local_main_first(lambda: load_policy(config, on, log))
+    bf16 = use_bf16(config.train.precision, on)
+    scorer, rollout_model, reference = parallel.wrap(policy, config.grpo.beta > 0, bf16)
     optimizer = torch.optim.AdamW(
-        [p for p in policy.parameters() if p.requires_grad],
+        [p for p in scorer.parameters() if p.requires_grad],
         lr=config.train.learning_rate,
         betas=(config.train.adam_beta1, config.train.adam_beta2),
         weight_decay=config.train.weight_decay,
@@ -156,13 +165,16 @@ def setup(config: Config, log) -> tuple[TrainingRun, Path | None]:
         rewards=rewards,
         tokenizer=tokenizer,
         policy=policy,
-        reference=Reference(policy) if config.grpo.beta > 0 else None,
+        scorer=scorer,
+        rollout_model=rollout_model,
+        reference=reference,
         iterations=IterativeRL(task, config.grpo.iteration_steps, config.grpo.replay_fraction, config.seed),
-        engine=make_engine(config.rollout.engine, policy, tokenizer, config.rollout.dtype),
+        engine=make_engine(config.rollout.engine, rollout_model, tokenizer, config.rollout.dtype),
         optimizer=optimizer,
         scheduler=make_scheduler(optimizer, config),
-        bf16=use_bf16(config.train.precision, on),
+        bf16=bf16,
         device=on,
+        parallel=parallel,
     )
     return run, checkpoint
 
@@ -171,23 +183,36 @@ def restore(run: TrainingRun, checkpoint: Path | None, log) -> dict:
     """The trainer state of a fresh run, or the one saved in `checkpoint` (weights etc. are loaded in place)."""
     if checkpoint is None:
         return {"examples_consumed": 0, "nonfinite_in_a_row": 0, "eval": {}, "reference_resets": 0}
-    state = load_checkpoint(checkpoint, run.policy, run.optimizer, run.scheduler)
+    sharded = run.parallel.active and run.parallel.strategy == "fsdp"
+    if is_sharded(checkpoint) != sharded:
+        raise ConfigError(f"resume: {checkpoint} was not written with parallel.strategy={run.config.parallel.strategy}")
+    if sharded:
+        resets = json.loads((checkpoint / "trainer_state.json").read_text())["reference_resets"]
+        state = load_sharded_checkpoint(checkpoint, run, saved_reference(run, resets))
+    else:
+        state = load_checkpoint(checkpoint, run.policy, run.optimizer, run.scheduler)
     if run.reference is not None:
         run.reference.resets = state["reference_resets"]
-        if run.reference.frozen is not None and state["reference_resets"]:
+        if run.reference.frozen is not None and state["reference_resets"] and not sharded:
             weights = load_file(str(checkpoint / "reference.safetensors"))
             run.reference.frozen.load_state_dict(weights, strict=False)
-    run.engine.sync_weights(run.policy)
-    truncate_metrics(run.run_dir / "metrics.jsonl", state["step"])
+    run.parallel.sync_rollout_model(run.scorer, run.rollout_model)
+    run.engine.sync_weights(run.rollout_model)
+    if run.parallel.is_main:
+        truncate_metrics(run.run_dir / "metrics.jsonl", state["step"])
     log(f"resuming {run.run_dir} from {checkpoint.name}")
     return state
 
 
 def evaluate(run: TrainingRun, examples: list[dict]) -> float:
-    accuracy, _ = greedy_accuracy(
-        run.engine, run.tokenizer, run.task, examples, run.config.eval.max_new_tokens, run.config.eval.batch_size
+    """Greedy held-out accuracy; with many processes each scores every world_size-th example."""
+    parallel = run.parallel
+    mine = examples[parallel.rank :: parallel.world_size]
+    _, samples = greedy_accuracy(
+        run.engine, run.tokenizer, run.task, mine, run.config.eval.max_new_tokens, run.config.eval.batch_size
     )
-    return accuracy
+    correct, total = parallel.sum([sum(s["correct"] for s in samples), len(samples)])
+    return correct / max(1, total)
 
 
 class CountingStream:
@@ -204,12 +229,22 @@ class CountingStream:
 
 
 def train(config: Config, log=print) -> Path:
-    """Run GRPO as configured; returns the run folder."""
-    run, checkpoint = setup(config, log)
+    """Run GRPO as configured; returns the run folder. Under torchrun, every process calls this."""
+    parallel = distributed.init(config)
+    try:
+        if parallel.is_main:
+            return run_training(config, parallel, log)
+        return run_training(silenced(config), parallel, lambda *args: None)
+    finally:
+        parallel.close()
+
+
+def run_training(config: Config, parallel: Parallel, log) -> Path:
+    run, checkpoint = setup(config, log, parallel)
     state = restore(run, checkpoint, log)
-    run_dir, task = run.run_dir, run.task
-    metrics_writer = MetricsWriter(run_dir / "metrics.jsonl")
-    tracker = Tracker(config, run_dir)
+    run_dir, task, main = run.run_dir, run.task, parallel.is_main
+    metrics_writer = MetricsWriter(run_dir / "metrics.jsonl") if main else Silent()
+    tracker = Tracker(config, run_dir) if main else Silent()
     eval_examples = task.eval_examples(config.eval.n)
     progress = Progress(config.train.max_steps, config.log.quiet, config.log.every)
     if config.eval.before and eval_examples and "before" not in state["eval"]:
@@ -230,9 +265,10 @@ def train(config: Config, log=print) -> Path:
             state["step"] = step
             state["reference_resets"] = run.reference.resets if run.reference is not None else 0
             last = step == config.train.max_steps
-            if stop.requested or (config.train.save_every and step % config.train.save_every == 0 and not last):
+            stopping = parallel.any(stop.requested)  # a signal may reach the ranks at different steps
+            if stopping or (config.train.save_every and step % config.train.save_every == 0 and not last):
                 save_training_checkpoint(run, step, state)
-            if stop.requested:
+            if stopping:
                 progress.close()
                 tracker.close()
                 run.rewards.close()
@@ -246,39 +282,42 @@ def train(config: Config, log=print) -> Path:
     results = {"n": len(eval_examples), **state["eval"]}
     if config.eval.after and eval_examples:
         results["after"] = {"accuracy": evaluate(run, eval_examples)}
-    write_json_atomic(run_dir / "eval.json", results)
-    tracker.log_eval(results, config.train.max_steps)
-    tracker.close()
-    adapter_applies = run.reference is None or run.reference.resets == 0
-    save_policy(run.policy, run.tokenizer, run_dir, adapter_applies, save_model_atomic, log)
-    log(summary_line(results, run_dir))
-    if config.log.report:
-        write_run_report(run_dir, log)
+    if main:
+        write_json_atomic(run_dir / "eval.json", results)
+        tracker.log_eval(results, config.train.max_steps)
+        tracker.close()
+        adapter_applies = run.reference is None or run.reference.resets == 0
+        save_policy(run.rollout_model, run.tokenizer, run_dir, adapter_applies, save_model_atomic, log)
+        log(summary_line(results, run_dir))
+        if config.log.report:
+            write_run_report(run_dir, log)
+    parallel.barrier()  # no rank leaves (and tears the group down) before rank 0 has written final/
     return run_dir
 
 
 def grpo_step(run: TrainingRun, step: int, stream):
     """One GRPO step: rollout (+ dynamic sampling), shaping, mu optimisation passes, reference resets.
-    Returns (metrics record, rollout batch)."""
-    config, policy, optimizer = run.config, run.policy, run.optimizer
+    Returns (metrics record, rollout batch); with many processes both are of the whole batch, all ranks'."""
+    config, policy, optimizer, parallel = run.config, run.policy, run.optimizer, run.parallel
     timer = Timer()
     with timer("generate"):
         policy.eval()
         batch, sampling_stats = batch_shaping.sample_rollout(
-            run.engine, run.tokenizer, run.task, stream, run.rewards, config, step
+            run.engine, run.tokenizer, run.task, stream, run.rewards, config, step, parallel.share
         )
     shaped = batch_shaping.shape_batch(
-        policy, run.reference, batch, run.task, run.tokenizer, config, run.bf16, run.device, timer
-    )
+        run.scorer, run.reference, batch, run.task, run.tokenizer, config, run.bf16, run.device, timer,
+        parallel.batch_wide,
+    )  # fmt: skip
     policy.train()
     skipped = 0
     for update in range(config.grpo.mu):
         with timer("policy"):
             optimizer.zero_grad(set_to_none=True)
-            stats, current = optimisation_pass(policy, batch, shaped, config, run.bf16, run.device)
+            stats, current = optimisation_pass(run.scorer, batch, shaped, config, run.bf16, run.device, parallel)
         with timer("optimizer"):
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.train.max_grad_norm).item()
-            if math.isfinite(grad_norm) and math.isfinite(stats["loss"]):
+            grad_norm = parallel.clip_grad_norm(run.scorer, config.train.max_grad_norm)
+            if math.isfinite(grad_norm) and math.isfinite(stats["loss"]):  # the same on every rank
                 optimizer.step()
             else:  # a non-finite update is skipped, never applied
                 optimizer.zero_grad(set_to_none=True)
@@ -286,9 +325,11 @@ def grpo_step(run: TrainingRun, step: int, stream):
         if update == 0:
             first_stats, first_logprobs = stats, current
     run.scheduler.step()
-    run.engine.sync_weights(policy)
+    parallel.sync_rollout_model(run.scorer, run.rollout_model)
+    run.engine.sync_weights(run.rollout_model)
+    batch, first_logprobs = parallel.gather_rollout(batch, first_logprobs, run.tokenizer.pad_token_id)
     run.iterations.record(batch)
-    extra = {**sampling_stats, **shaped.stats, "skipped_updates": skipped}
+    extra = {**parallel.mean_dict({**sampling_stats, **shaped.stats}), "skipped_updates": skipped}
     ends_iteration = run.iterations.ends_iteration(step)
     if ends_iteration:  # DeepSeekMath Algorithm 1: retrain reward models, then reset the reference
         extra.update(run.iterations.end_iteration())
@@ -300,15 +341,21 @@ def grpo_step(run: TrainingRun, step: int, stream):
     return record, batch
 
 
-def save_training_checkpoint(run: TrainingRun, step: int, state: dict) -> None:
-    # A frozen reference that was reset is no longer the base model: it is saved too. (With LoRA the reset
-    # reference lives in the policy's base weights, which the checkpoint holds anyway.)
+def saved_reference(run: TrainingRun, resets: int):
+    """A frozen reference that was reset is no longer the base model: it is saved too. (With LoRA the reset
+    reference lives in the policy's base weights, which the checkpoint holds anyway.)"""
     reference = run.reference
-    extra = {"reference": reference.frozen} if reference is not None and reference.frozen is not None else {}
-    if not state["reference_resets"]:
-        extra = {}
-    keep = run.config.train.keep_checkpoints
-    save_checkpoint(run.run_dir, step, run.policy, run.optimizer, run.scheduler, state, keep, extra)
+    return reference.frozen if reference is not None and reference.frozen is not None and resets else None
+
+
+def save_training_checkpoint(run: TrainingRun, step: int, state: dict) -> None:
+    keep, reference = run.config.train.keep_checkpoints, saved_reference(run, state["reference_resets"])
+    if run.parallel.active and run.parallel.strategy == "fsdp":
+        save_sharded_checkpoint(run.run_dir, step, run, state, keep, reference)
+    elif run.parallel.is_main:  # DDP: every rank holds the same weights and optimizer state
+        extra = {"reference": reference} if reference is not None else {}
+        save_checkpoint(run.run_dir, step, run.policy, run.optimizer, run.scheduler, state, keep, extra)
+    run.parallel.barrier()
 
 
 def write_run_report(run_dir: Path, log) -> None:

@@ -54,3 +54,25 @@ def completion_logprobs(
     logprobs = torch.cat(logprob_chunks)
     entropy = torch.cat(entropy_chunks) if with_entropy else None
     return logprobs, entropy
+
+
+class CompletionScorer(torch.nn.Module):
+    """`completion_logprobs` as a module's forward. DDP and FSDP2 act in a wrapped module's forward (gradient
+    hooks, gathering sharded weights), and `completion_logprobs` reaches into the decoder and the output head
+    directly, so the trainer wraps this module, never the bare causal LM."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=1.0, with_entropy=False):
+        return completion_logprobs(
+            self.model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, with_entropy
+        )
+
+
+def as_scorer(model):
+    """A model to call for log-probs: a CompletionScorer (or a DDP / FSDP wrapper of one), or a bare causal LM."""
+    if isinstance(model, CompletionScorer) or isinstance(getattr(model, "module", None), CompletionScorer):
+        return model
+    return CompletionScorer(model)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from grpolab.config import describe_keys
@@ -30,11 +32,31 @@ def register(subparsers) -> None:
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its newest complete checkpoint (its config.yaml, plus overrides)",
     )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train on N processes of this machine through torchrun (one per GPU; gloo on CPU); "
+        "for several machines run torchrun yourself (see the README)",
+    )
     parser.set_defaults(func=run)
+
+
+def launch_torchrun(nproc: int, args) -> None:
+    """Replace this process by `torchrun --standalone --nproc-per-node N -m grpolab train ...` (same arguments,
+    less --nproc): torchrun then receives the user's signals and forwards them to every rank."""
+    forwarded = (
+        list(args.args) + (["--quiet"] if args.quiet else []) + (["--resume", args.resume] if args.resume else [])
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    command += ["-m", "grpolab", "train", *forwarded]
+    sys.stdout.flush()
+    os.execv(sys.executable, command)
 
 
 def run(args) -> int:
     from grpolab.config import ConfigError, load_config
+    from grpolab.distributed import check_world, launched_by_torchrun
     from grpolab.trainer import train
 
     path, overrides = split_config_args(args.args)
@@ -48,5 +70,10 @@ def run(args) -> int:
             raise FileNotFoundError(f"--resume: {args.resume!r} holds no run (no config.yaml)")
         path, overrides = str(saved), [*overrides, f"output_dir={args.resume}", "resume=true"]
     config = load_config(path, overrides)
+    if args.nproc is not None and not launched_by_torchrun():
+        if args.nproc < 1:
+            raise ConfigError(f"--nproc: got {args.nproc}, expected an integer >= 1")
+        check_world(config, args.nproc)  # refused here in one line, not once per process
+        launch_torchrun(args.nproc, args)
     train(config)
     return 0
