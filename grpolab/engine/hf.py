@@ -23,6 +23,8 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 
 
 def stop_ids(tokenizer, model, params: SamplingParams) -> set[int]:
+    if params.ignore_eos:
+        return set()
     ids = set(params.stop_token_ids)
     eos = model.generation_config.eos_token_id
     ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -57,6 +59,8 @@ class HFEngine:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        if params.ignore_eos:  # EOS is suppressed (not just ignored): the same length, for benchmarks
+            kwargs.update(min_new_tokens=params.max_new_tokens, eos_token_id=[self.tokenizer.eos_token_id])
         if params.stop_strings:
             kwargs.update(stop_strings=params.stop_strings, tokenizer=self.tokenizer)
         was_training = self.model.training

@@ -1,0 +1,39 @@
+"""`grpolab bench <name> [key=value ...]`: performance measurements. Each benchmark is a module
+`grpolab.bench.<name>` exposing `run(overrides: list[str]) -> int`; add its name to BENCHMARKS."""
+
+from __future__ import annotations
+
+import importlib
+
+BENCHMARKS = {
+    "generate": "tokens/s of the grpolab engine vs transformers generate (fp32)",
+    "step": "one GRPO step against TRL",
+}
+
+
+def available() -> dict[str, str]:
+    """The benchmarks whose module exists (one may be listed before it is built)."""
+    found = {}
+    for name, help_text in BENCHMARKS.items():
+        try:
+            importlib.import_module(f"grpolab.bench.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"grpolab.bench.{name}":
+                raise
+            continue
+        found[name] = help_text
+    return found
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="benchmarks (JSON lines on stdout)", description=__doc__)
+    names = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    for name, help_text in available().items():
+        sub = names.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("overrides", nargs="*", metavar="key=value")
+        sub.set_defaults(func=run)
+
+
+def run(args) -> int:
+    module = importlib.import_module(f"grpolab.bench.{args.benchmark}")
+    return module.run(args.overrides)
