@@ -67,13 +67,26 @@ def fold_adapter(model) -> None:
             layer.lora_B[name].weight.zero_()
 
 
+def linear_weights_to_bf16(model) -> None:
+    """Store the matmul weights of a frozen model in bf16: under bf16 autocast they are cast to bf16 for every
+    forward anyway, so this halves their memory and skips the cast without changing the result. Embeddings
+    and norms stay fp32 (so the residual stream stays fp32), and so does an output head tied to the
+    input embedding."""
+    embedding = model.get_input_embeddings().weight
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight is not embedding:
+            module.to(torch.bfloat16)
+
+
 class Reference:
     """pi_ref: a frozen copy of the policy, or the LoRA policy with its adapter disabled."""
 
-    def __init__(self, policy):
+    def __init__(self, policy, bf16_matmuls: bool = False):
         self.policy = policy
         self.lora = is_lora(policy)
         self.frozen = None if self.lora else copy.deepcopy(policy).eval().requires_grad_(False)
+        if self.frozen is not None and bf16_matmuls:
+            linear_weights_to_bf16(self.frozen)
         self.resets = 0
 
     @contextlib.contextmanager

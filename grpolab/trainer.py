@@ -78,6 +78,7 @@ def optimisation_pass(policy, batch, shaped, config: Config, bf16: bool, on):
                 c_mask.to(on),
                 config.rollout.temperature,
                 with_entropy=True,
+                entropy_grad=bool(config.grpo.entropy_coef),
             )
         logprobs = logprobs.float()
         old = logprobs.detach() if old_logprobs is None else old_logprobs[rows, :width].to(on)
@@ -147,7 +148,9 @@ def setup(config: Config, log) -> tuple[TrainingRun, Path | None]:
         lr=config.train.learning_rate,
         betas=(config.train.adam_beta1, config.train.adam_beta2),
         weight_decay=config.train.weight_decay,
+        fused=True,  # one kernel over all parameters (CPU and CUDA), no per-tensor Python loop or temporaries
     )
+    bf16 = use_bf16(config.train.precision, on)
     run = TrainingRun(
         config=config,
         run_dir=run_dir,
@@ -155,12 +158,12 @@ def setup(config: Config, log) -> tuple[TrainingRun, Path | None]:
         rewards=rewards,
         tokenizer=tokenizer,
         policy=policy,
-        reference=Reference(policy) if config.grpo.beta > 0 else None,
+        reference=Reference(policy, bf16_matmuls=bf16) if config.grpo.beta > 0 else None,
         iterations=IterativeRL(task, config.grpo.iteration_steps, config.grpo.replay_fraction, config.seed),
         engine=make_engine(config.rollout.engine, policy, tokenizer, config.rollout.dtype),
         optimizer=optimizer,
         scheduler=make_scheduler(optimizer, config),
-        bf16=use_bf16(config.train.precision, on),
+        bf16=bf16,
         device=on,
     )
     return run, checkpoint
