@@ -184,7 +184,7 @@ class ShapedBatch:
     stats: dict
 
 
-def sample_rollout(engine, tokenizer, task, stream, rewards, config: Config, step: int):
+def sample_rollout(engine, tokenizer, task, stream, rewards, config: Config, step: int, timer=None):
     """Generate and score N groups (more rounds with dynamic sampling); returns (batch, stats)."""
     rollout, grpo = config.rollout, config.grpo
     rounds = iter(range(grpo.dynamic_sampling_max_rounds))
@@ -198,7 +198,7 @@ def sample_rollout(engine, tokenizer, task, stream, rewards, config: Config, ste
             stop_strings=list(task.stop_strings),
             seed=(config.seed * 1_000_003 + step) * 31 + next(rounds),
         )
-        return collect_rollout(engine, tokenizer, task, examples, rollout.group_size, params, rewards)
+        return collect_rollout(engine, tokenizer, task, examples, rollout.group_size, params, rewards, timer)
 
     draw = lambda n: [next(stream) for _ in range(n)]
     if grpo.dynamic_sampling:

@@ -6,6 +6,7 @@ left-padded prompt followed by a right-padded completion, which is what `complet
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -59,9 +60,12 @@ def right_pad(rows: list[list], pad, dtype) -> torch.Tensor:
     return out
 
 
-def collect_rollout(engine, tokenizer, task, examples: list[dict], group_size: int, params: SamplingParams, rewards):
+def collect_rollout(
+    engine, tokenizer, task, examples: list[dict], group_size: int, params: SamplingParams, rewards, timer=None
+):
     """Generate G completions per example, score them with the task's rewards, and build the batch.
-    `rewards` is a RewardRunner, or a map of weights scored in this process."""
+    `rewards` is a RewardRunner, or a map of weights scored in this process; `timer` (step_metrics.Timer)
+    gets the scoring seconds as its `rewards` phase."""
     prompts = [encode_prompt(tokenizer, task, example) for example in examples]
     groups = engine.generate(prompts, group_size, params)
     completions = [c for group in groups for c in group]
@@ -74,7 +78,8 @@ def collect_rollout(engine, tokenizer, task, examples: list[dict], group_size: i
         {**e, "completion_tokens": len(c.token_ids), "max_new_tokens": params.max_new_tokens}
         for e, c in zip(repeated, completions)
     ]
-    scores = rewards.score(texts, rows)
+    with timer("rewards") if timer is not None else contextlib.nullcontext():
+        scores = rewards.score(texts, rows)
     prompt_ids, prompt_mask = left_pad([p for p in prompts for _ in range(group_size)], tokenizer.pad_token_id)
     return RolloutBatch(
         examples=examples,

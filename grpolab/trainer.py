@@ -263,8 +263,9 @@ def grpo_step(run: TrainingRun, step: int, stream):
     with timer("generate"):
         policy.eval()
         batch, sampling_stats = batch_shaping.sample_rollout(
-            run.engine, run.tokenizer, run.task, stream, run.rewards, config, step
+            run.engine, run.tokenizer, run.task, stream, run.rewards, config, step, timer
         )
+    timer.phases["generate"] -= timer.phases.get("rewards", 0.0)  # time/generate: the engine alone
     shaped = batch_shaping.shape_batch(
         policy, run.reference, batch, run.task, run.tokenizer, config, run.bf16, run.device, timer
     )

@@ -29,7 +29,7 @@ def test_grpolab_side_prints_one_json_line(capsys):
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(record["grpolab_all_step_seconds"]) == 2
     assert record["grpolab_step_seconds"] > 0 and record["grpolab_peak_rss_gb"] > 0
-    assert {"generate", "reference", "policy", "optimizer"} <= set(record["grpolab_phase_seconds"])
+    assert {"generate", "rewards", "reference", "policy", "optimizer"} <= set(record["grpolab_phase_seconds"])
     assert len(record["grpolab_rewards"]) == 2
     assert "speedup" not in record
 
