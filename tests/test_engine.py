@@ -207,12 +207,13 @@ def test_logprobs_agree_with_the_trainer(llama, packed):
     assert difference < 1e-4
 
 
-def test_bf16_engine_follows_synced_weights(llama):
-    model = tiny_model("llama", seed=1)
+@pytest.mark.parametrize("arch", ["llama", "llama-tied", "qwen2", "gpt2"])
+def test_bf16_engine_follows_synced_weights(arch):
+    model = tiny_model(arch, seed=1)
     engine = make_engine("grpolab", model, TOKENIZER, "bf16")
     params = SamplingParams(max_new_tokens=10, temperature=0)
     before = engine.generate(encode(PROMPTS), 1, params)
-    assert engine.packed.dtype == torch.bfloat16
+    assert engine.dtype == torch.bfloat16
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.5)

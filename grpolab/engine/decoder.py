@@ -75,6 +75,14 @@ def pack_layer(layer, dtype: torch.dtype) -> PackedLayer:
     )
 
 
+def copy_rows(target: torch.Tensor, parts: list[torch.Tensor]) -> None:
+    """Write the row-concatenation of `parts` into `target` without building it."""
+    offset = 0
+    for part in parts:
+        target[offset : offset + part.shape[0]].copy_(part)
+        offset += part.shape[0]
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """As LlamaRMSNorm: normalise in float32, cast back, then scale."""
     x32 = x.float()
@@ -104,7 +112,10 @@ class PackedDecoder:
 
     @torch.no_grad()
     def load_weights(self, model) -> None:
-        """(Re)pack the model's current weights in the engine dtype; a tied head shares the embedding copy."""
+        """(Re)pack the model's current weights in the engine dtype; a tied head shares the embedding copy.
+        After the first call the packed tensors are overwritten in place (no new allocation per step)."""
+        if getattr(self, "layers", None):
+            return self.copy_weights(model)
         self.layers = [pack_layer(layer, self.dtype) for layer in model.model.layers]
         self.final_norm = model.model.norm.weight.detach().to(self.dtype, copy=True)
         self.embed = model.get_input_embeddings().weight.detach().to(self.dtype, copy=True)
@@ -114,12 +125,39 @@ class PackedDecoder:
         bias = getattr(head, "bias", None)
         self.head_bias = None if bias is None else bias.detach().to(self.dtype, copy=True)
 
+    def copy_weights(self, model) -> None:
+        for packed, layer in zip(self.layers, model.model.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            copy_rows(packed.qkv, [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+            copy_rows(packed.gate_up, [mlp.gate_proj.weight, mlp.up_proj.weight])
+            if packed.qkv_bias is not None:
+                copy_rows(packed.qkv_bias, [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
+            if packed.gate_up_bias is not None:
+                copy_rows(packed.gate_up_bias, [mlp.gate_proj.bias, mlp.up_proj.bias])
+            for target, source in [
+                (packed.input_norm, layer.input_layernorm.weight),
+                (packed.post_norm, layer.post_attention_layernorm.weight),
+                (packed.out, attn.o_proj.weight),
+                (packed.out_bias, attn.o_proj.bias),
+                (packed.down, mlp.down_proj.weight),
+                (packed.down_bias, mlp.down_proj.bias),
+            ]:
+                if target is not None:
+                    target.copy_(source)
+        self.final_norm.copy_(model.model.norm.weight)
+        self.embed.copy_(model.get_input_embeddings().weight)
+        head = model.get_output_embeddings()
+        if self.head is not self.embed:
+            self.head.copy_(head.weight)
+        if self.head_bias is not None:
+            self.head_bias.copy_(head.bias)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head on the last positions only: [R, H] -> [R, V] float32."""
         return F.linear(rms_norm(hidden, self.final_norm, self.eps), self.head, self.head_bias).float()
 
     def rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = torch.arange(length).unsqueeze(0)  # [1, L]
+        positions = torch.arange(length, device=self.embed.device).unsqueeze(0)  # [1, L]
         cos, sin = self.rotary(self.embed[:1].float(), positions)  # [1, L, D] each, float32
         return cos[0], sin[0]
 
@@ -133,13 +171,13 @@ class PackedDecoder:
         positions = position_ids_from_mask(mask)  # [B, P]
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [B, 1, P, D]
         real = mask.bool()
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        causal = torch.ones(width, width, dtype=torch.bool, device=ids.device).tril()
         # Padding queries see themselves so that no softmax row is empty (their outputs are never used).
-        attend = (causal & real[:, None, None, :]) | torch.eye(width, dtype=torch.bool)  # [B, 1, P, P]
+        attend = (causal & real[:, None, None, :]) | torch.eye(width, dtype=torch.bool, device=ids.device)
         rows = batch * n
         shape = (rows, self.kv_heads, capacity, self.head_dim)
-        self.keys = [torch.empty(shape) for _ in self.layers]  # float32 whatever the weights' dtype
-        self.values = [torch.empty(shape) for _ in self.layers]
+        self.keys = [torch.empty(shape, device=ids.device) for _ in self.layers]  # float32 always
+        self.values = [torch.empty(shape, device=ids.device) for _ in self.layers]
         hidden = F.embedding(ids, self.embed)  # [B, P, H]
         for index, layer in enumerate(self.layers):
             normed = rms_norm(hidden, layer.input_norm, self.eps)
@@ -150,7 +188,7 @@ class PackedDecoder:
             attention = attention.transpose(1, 2).reshape(batch, width, -1)  # [B, P, heads * D]
             hidden = self.finish_layer(layer, hidden, attention)
         self.length = width
-        self.cache_mask = torch.ones(rows, capacity, dtype=torch.bool)
+        self.cache_mask = torch.ones(rows, capacity, dtype=torch.bool, device=ids.device)
         self.cache_mask[:, :width] = real.repeat_interleave(n, dim=0)
         self.next_position = mask.sum(1).repeat_interleave(n)  # [B*n]
         return self.logits(hidden[:, -1])

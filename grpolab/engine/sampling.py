@@ -44,5 +44,20 @@ def sample_tokens(
         tokens = logits.argmax(dim=-1)  # [R]
     else:
         log_probs = torch.log_softmax(warp_logits(logits, temperature, top_k, top_p), dim=-1)  # [R, V]
-        tokens = torch.multinomial(log_probs.exp(), 1, generator=generator).squeeze(-1)  # [R]
+        tokens = inverse_cdf_sample(log_probs.exp(), generator)  # [R]
     return tokens, log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row of `probs` [R, V]: the first token whose cumulative probability exceeds u*total.
+
+    (choice) Not torch.multinomial: on CPU it measured ~20x slower for [32, 49152] (77 ms vs 4 ms).
+    Tokens of probability zero are never drawn (their cumulative sum equals the previous one's).
+    """
+    cumulative = probs.cumsum(dim=-1)  # [R, V]
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cumulative[:, -1:]  # [R, 1]
+    tokens = torch.searchsorted(cumulative, u, right=True).squeeze(-1)  # [R]
+    overflow = tokens >= probs.shape[-1]  # float rounding can put u at the very end
+    if overflow.any():
+        tokens = torch.where(overflow, probs.argmax(dim=-1), tokens)
+    return tokens
