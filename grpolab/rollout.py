@@ -97,9 +97,14 @@ def collect_rollout(
 
 
 def micro_batches(batch: RolloutBatch, size: int):
-    """Row slices of the batch with the padding columns that no row of the slice uses trimmed away."""
-    for start in range(0, batch.prompt_ids.shape[0], size):
-        rows = slice(start, start + size)
+    """Groups of `size` rows, as (row indices [b], (prompt ids, prompt mask, completion ids, completion mask)).
+
+    Rows are grouped by completion length (length-bucketed: a group is padded only to its own longest row,
+    not to the batch's), and the padding columns that no row of a group uses are trimmed away. The loss
+    is a sum over rows with whole-batch normalisers, so the grouping does not change it."""
+    order = torch.argsort(batch.completion_mask.sum(1), stable=True)  # [B]
+    for start in range(0, len(order), size):
+        rows = order[start : start + size]
         prompt_mask = batch.prompt_mask[rows]
         first = int((prompt_mask.sum(0) > 0).nonzero().min())  # first column any row uses
         completion_mask = batch.completion_mask[rows]
