@@ -84,6 +84,7 @@ def run_grpolab_side(overrides: list[str], warmup: int, steps: int, all_prompts:
             record, _ = grpo_step(run, step, stream)
             elapsed = time.perf_counter() - begin
             rewards.append(record["reward_mean"])
+            print(f"bench step: grpolab step {step}: {elapsed:.2f} s", file=sys.stderr, flush=True)
             if step > warmup:
                 seconds.append(elapsed)
                 phases.append({k.removeprefix("time/"): v for k, v in record.items() if k.startswith("time/")})

@@ -18,6 +18,7 @@ so a step includes its generation, reward, reference and policy passes and the o
 from __future__ import annotations
 
 import itertools
+import sys
 import tempfile
 import time
 
@@ -97,6 +98,9 @@ class StepClock:
                 now = time.perf_counter()
                 clock.seconds.append(now - clock.last)
                 clock.last = now
+                print(
+                    f"bench step: trl step {len(clock.seconds)}: {clock.seconds[-1]:.2f} s", file=sys.stderr, flush=True
+                )
 
         return Clock()
 
