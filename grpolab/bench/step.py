@@ -127,6 +127,7 @@ def run_side(side: str, python: str, spec: dict) -> dict:
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"bench step: the {side} side failed (exit {done.returncode}); see its output above")
+    print(f"bench step: {side} side done: {lines[-1].removeprefix('RESULT ')}", file=sys.stderr, flush=True)
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
