@@ -190,7 +190,7 @@ def call_seed(base: int, first_prompt: int) -> int:
     return (base + first_prompt * 1_000_000_007) % 2**63
 
 
-def sample_rollout(engine, tokenizer, task, stream, rewards, config: Config, step: int, share=None):
+def sample_rollout(engine, tokenizer, task, stream, rewards, config: Config, step: int, share=None, timer=None):
     """Generate and score N groups (more rounds with dynamic sampling); returns (batch, stats).
 
     `share(examples) -> (this process's examples, global index of its first)` splits the N prompts between
@@ -213,7 +213,7 @@ def sample_rollout(engine, tokenizer, task, stream, rewards, config: Config, ste
                 seed=call_seed(base, first + start),
             )
             chunk = examples[start : start + size]
-            parts.append(collect_rollout(engine, tokenizer, task, chunk, rollout.group_size, params, rewards))
+            parts.append(collect_rollout(engine, tokenizer, task, chunk, rollout.group_size, params, rewards, timer))
         return concat_rollouts(parts, tokenizer.pad_token_id)
 
     draw = lambda n: [next(stream) for _ in range(n)]

@@ -151,9 +151,9 @@ class Parallel:
     def wrap(self, policy, with_reference: bool, bf16: bool):
         """(scorer to train through, full-weight model for the engine, reference or None)."""
         if not self.active:
-            return CompletionScorer(policy), policy, Reference(policy) if with_reference else None
+            return CompletionScorer(policy), policy, Reference(policy, bf16_matmuls=bf16) if with_reference else None
         if self.strategy == "ddp":
-            reference = Reference(policy) if with_reference else None
+            reference = Reference(policy, bf16_matmuls=bf16) if with_reference else None
             ids = [self.device.index] if self.device.type == "cuda" else None
             scorer = torch.nn.parallel.DistributedDataParallel(CompletionScorer(policy), device_ids=ids)
             return scorer, policy, reference

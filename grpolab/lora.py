@@ -67,15 +67,29 @@ def fold_adapter(model) -> None:
             layer.lora_B[name].weight.zero_()
 
 
+def linear_weights_to_bf16(model) -> None:
+    """Store the matmul weights of a frozen model in bf16: under bf16 autocast they are cast to bf16 for every
+    forward anyway, so this halves their memory and skips the cast without changing the result. Embeddings
+    and norms stay fp32 (so the residual stream stays fp32), and so does an output head tied to the
+    input embedding."""
+    embedding = model.get_input_embeddings().weight
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight is not embedding:
+            module.to(torch.bfloat16)
+
+
 class Reference:
     """pi_ref: a frozen copy of the policy, or the LoRA policy with its adapter disabled."""
 
-    def __init__(self, policy, frozen=None):
-        """`frozen`: a ready-made copy (e.g. sharded like the policy); by default a deep copy of `policy`."""
+    def __init__(self, policy, frozen=None, bf16_matmuls: bool = False):
+        """`frozen`: a ready-made copy (e.g. sharded like the policy); by default a deep copy of `policy`,
+        whose matmul weights are stored in bf16 with `bf16_matmuls` (autocast would cast them anyway)."""
         self.policy = policy
         self.lora = is_lora(policy)
         if frozen is None and not self.lora:
             frozen = copy.deepcopy(policy).eval().requires_grad_(False)
+            if bf16_matmuls:
+                linear_weights_to_bf16(frozen)
         self.frozen = frozen
         self.resets = 0
 

@@ -6,6 +6,7 @@ left-padded prompt followed by a right-padded completion, which is what `complet
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -59,9 +60,12 @@ def right_pad(rows: list[list], pad, dtype) -> torch.Tensor:
     return out
 
 
-def collect_rollout(engine, tokenizer, task, examples: list[dict], group_size: int, params: SamplingParams, rewards):
+def collect_rollout(
+    engine, tokenizer, task, examples: list[dict], group_size: int, params: SamplingParams, rewards, timer=None
+):
     """Generate G completions per example, score them with the task's rewards, and build the batch.
-    `rewards` is a RewardRunner, or a map of weights scored in this process."""
+    `rewards` is a RewardRunner, or a map of weights scored in this process; `timer` (step_metrics.Timer)
+    gets the scoring seconds as its `rewards` phase."""
     prompts = [encode_prompt(tokenizer, task, example) for example in examples]
     groups = engine.generate(prompts, group_size, params)
     completions = [c for group in groups for c in group]
@@ -74,7 +78,8 @@ def collect_rollout(engine, tokenizer, task, examples: list[dict], group_size: i
         {**e, "completion_tokens": len(c.token_ids), "max_new_tokens": params.max_new_tokens}
         for e, c in zip(repeated, completions)
     ]
-    scores = rewards.score(texts, rows)
+    with timer("rewards") if timer is not None else contextlib.nullcontext():
+        scores = rewards.score(texts, rows)
     prompt_ids, prompt_mask = left_pad([p for p in prompts for _ in range(group_size)], tokenizer.pad_token_id)
     return RolloutBatch(
         examples=examples,
@@ -92,9 +97,14 @@ def collect_rollout(engine, tokenizer, task, examples: list[dict], group_size: i
 
 
 def micro_batches(batch: RolloutBatch, size: int):
-    """Row slices of the batch with the padding columns that no row of the slice uses trimmed away."""
-    for start in range(0, batch.prompt_ids.shape[0], size):
-        rows = slice(start, start + size)
+    """Groups of `size` rows, as (row indices [b], (prompt ids, prompt mask, completion ids, completion mask)).
+
+    Rows are grouped by completion length (length-bucketed: a group is padded only to its own longest row,
+    not to the batch's), and the padding columns that no row of a group uses are trimmed away. The loss
+    is a sum over rows with whole-batch normalisers, so the grouping does not change it."""
+    order = torch.argsort(batch.completion_mask.sum(1), stable=True)  # [B]
+    for start in range(0, len(order), size):
+        rows = order[start : start + size]
         prompt_mask = batch.prompt_mask[rows]
         first = int((prompt_mask.sum(0) > 0).nonzero().min())  # first column any row uses
         completion_mask = batch.completion_mask[rows]

@@ -79,8 +79,9 @@ def optimisation_pass(policy, batch, shaped, config: Config, bf16: bool, on, par
         with parallel.accumulating(scorer, last=index == len(parts) - 1):
             with autocast_context(bf16, on):
                 logprobs, entropy = scorer(
-                    p_ids.to(on), p_mask.to(on), c_ids.to(on), c_mask.to(on), config.rollout.temperature, True
-                )
+                    p_ids.to(on), p_mask.to(on), c_ids.to(on), c_mask.to(on), config.rollout.temperature, True,
+                    bool(config.grpo.entropy_coef),
+                )  # fmt: skip
             logprobs = logprobs.float()
             old = logprobs.detach() if old_logprobs is None else old_logprobs[rows, :width].to(on)
             ref = None if ref_logprobs is None else ref_logprobs[rows, :width].to(on)
@@ -157,7 +158,9 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
         lr=config.train.learning_rate,
         betas=(config.train.adam_beta1, config.train.adam_beta2),
         weight_decay=config.train.weight_decay,
+        fused=True,  # one kernel over all parameters (CPU and CUDA), no per-tensor Python loop or temporaries
     )
+    bf16 = use_bf16(config.train.precision, on)
     run = TrainingRun(
         config=config,
         run_dir=run_dir,
@@ -303,8 +306,9 @@ def grpo_step(run: TrainingRun, step: int, stream):
     with timer("generate"):
         policy.eval()
         batch, sampling_stats = batch_shaping.sample_rollout(
-            run.engine, run.tokenizer, run.task, stream, run.rewards, config, step, parallel.share
+            run.engine, run.tokenizer, run.task, stream, run.rewards, config, step, parallel.share, timer
         )
+    timer.phases["generate"] -= timer.phases.get("rewards", 0.0)  # time/generate: the engine alone
     shaped = batch_shaping.shape_batch(
         run.scorer, run.reference, batch, run.task, run.tokenizer, config, run.bf16, run.device, timer,
         parallel.batch_wide,

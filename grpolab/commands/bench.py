@@ -1,5 +1,6 @@
 """`grpolab bench <name> [key=value ...]`: performance measurements. Each benchmark is a module
-`grpolab.bench.<name>` exposing `run(overrides: list[str]) -> int`; add its name to BENCHMARKS."""
+`grpolab.bench.<name>` exposing `run(overrides: list[str]) -> int`; add its name to BENCHMARKS. A module
+with options of its own also has `add_arguments(parser)` and is called as `run(overrides, args)`."""
 
 from __future__ import annotations
 
@@ -31,9 +32,14 @@ def register(subparsers) -> None:
     for name, help_text in available().items():
         sub = names.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("overrides", nargs="*", metavar="key=value")
+        module = importlib.import_module(f"grpolab.bench.{name}")
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(sub)
         sub.set_defaults(func=run)
 
 
 def run(args) -> int:
     module = importlib.import_module(f"grpolab.bench.{args.benchmark}")
+    if hasattr(module, "add_arguments"):
+        return module.run(args.overrides, args)
     return module.run(args.overrides)

@@ -1,0 +1,79 @@
+"""Learning preserved? grpolab's and TRL's mean-reward curves over the same steps, seeds and hyper-parameters.
+
+Runs `grpolab bench step --vs trl --warmup 0 --steps N --curve` once per seed (each side in its own process,
+the same prompts in the same order, the configuration of issue 7 unless overridden), then writes the two
+curves and a verdict: the per-step difference grpolab - TRL, averaged over steps and seeds, must not be below
+zero by more than two standard errors ("not below TRL beyond noise").
+
+    python benchmarks/learning_vs_trl.py --steps 30 --seeds 0 --out runs/learning-vs-trl [key=value ...]
+
+Writes <out>/curves.json and <out>/curves.md. Wall time: steps x (grpolab + TRL seconds per step) per seed,
+about 30 x (3 + 33) s = 18 minutes per seed on a quiet 2-core machine (issue 7's TRL timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_seed(seed: int, steps: int, trl_python: str, overrides: list[str]) -> dict:
+    command = [
+        sys.executable, "-m", "grpolab", "bench", "step", "--vs", "trl", "--trl-python", trl_python,
+        "--warmup", "0", "--steps", str(steps), "--curve", f"seed={seed}", *overrides,
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def verdict(records: list[dict]) -> dict:
+    differences = [g - t for r in records for g, t in zip(r["grpolab_rewards"], r["trl_rewards"])]
+    mean = statistics.fmean(differences)
+    error = statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else math.inf
+    return {
+        "mean_difference": round(mean, 4),
+        "standard_error": round(error, 4),
+        "grpolab_mean_reward": round(statistics.fmean(v for r in records for v in r["grpolab_rewards"]), 4),
+        "trl_mean_reward": round(statistics.fmean(v for r in records for v in r["trl_rewards"]), 4),
+        "not_below_beyond_noise": mean >= -2 * error,
+    }
+
+
+def table(records: list[dict]) -> str:
+    lines = ["| seed | step | grpolab reward | TRL reward |", "|---|---|---|---|"]
+    for record in records:
+        for step, (g, t) in enumerate(zip(record["grpolab_rewards"], record["trl_rewards"]), 1):
+            lines.append(f"| {record['seed']} | {step} | {g:.3f} | {t:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
+    parser.add_argument("--trl-python", default=sys.executable)
+    parser.add_argument("--out", default="runs/learning-vs-trl")
+    args, overrides = parser.parse_known_args()
+    records = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        record = run_seed(seed, args.steps, args.trl_python, overrides)
+        record["seed"] = seed
+        records.append(record)
+    summary = verdict(records)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "curves.json").write_text(json.dumps({"summary": summary, "runs": records}, indent=1))
+    (out / "curves.md").write_text(f"{json.dumps(summary)}\n\n{table(records)}\n")
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

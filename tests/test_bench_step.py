@@ -1,0 +1,52 @@
+"""`grpolab bench step` on tiny-random: the harness runs each side in its own process and prints one JSON
+line of medians; the TRL side runs only where trl is importable."""
+
+import importlib.util
+import json
+import sys
+
+import pytest
+
+from grpolab.bench import step
+from grpolab.config import ConfigError
+
+TINY = [
+    "model=tiny-random",
+    "rollout.prompts_per_step=2",
+    "rollout.group_size=4",
+    "rollout.max_new_tokens=4",
+    "train.micro_batch_size=4",
+]
+
+
+def options(**changes):
+    args = dict(vs="none", trl_python=sys.executable, warmup=0, steps=1, threads=1, all_prompts=False)
+    return type("Args", (), {**args, "curve": True, "trl_option": [], **changes})()
+
+
+def test_grpolab_side_prints_one_json_line(capsys):
+    assert step.run(TINY, options(steps=2)) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(record["grpolab_all_step_seconds"]) == 2
+    assert record["grpolab_step_seconds"] > 0 and record["grpolab_peak_rss_gb"] > 0
+    assert {"generate", "rewards", "reference", "policy", "optimizer"} <= set(record["grpolab_phase_seconds"])
+    assert len(record["grpolab_rewards"]) == 2
+    assert "speedup" not in record
+
+
+def test_bad_override_and_missing_trl_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="rollout.group_size"):
+        step.run(["rollout.group_size=zero"], options())
+    no_trl = tmp_path / "python"
+    no_trl.write_text("#!/bin/sh\nexit 1\n")
+    no_trl.chmod(0o755)
+    with pytest.raises(ConfigError, match="trl is not importable"):
+        step.run(TINY, options(vs="trl", trl_python=str(no_trl)))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="trl is not installed (pip install -e '.[bench]')")
+def test_both_sides_on_tiny_random(capsys):
+    assert step.run(TINY, options(vs="trl")) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["speedup"] == pytest.approx(record["trl_step_seconds"] / record["grpolab_step_seconds"], rel=0.01)
+    assert record["trl_peak_rss_gb"] > 0 and len(record["trl_rewards"]) == 1
