@@ -39,7 +39,7 @@ class RolloutConfig:
 @dataclass
 class TrainConfig:
     max_steps: int = 100
-    learning_rate: float = 1e-5
+    learning_rate: float = 2e-5
     lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"
     warmup_steps: int = 0
     weight_decay: float = 0.0
