@@ -173,6 +173,9 @@ def load_tokenizer(path: str):
 
 def load_model(path: str, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # grpolab shows its own progress; errors stay one line
 
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)

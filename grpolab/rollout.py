@@ -60,6 +60,20 @@ def right_pad(rows: list[list], pad, dtype) -> torch.Tensor:
     return out
 
 
+def check_context(model, prompts: list[list[int]], max_new_tokens: int, key: str) -> None:
+    """A prompt plus its new tokens must fit the model's context: say so in one line instead of failing deep
+    inside attention (or silently degrading past the trained positions)."""
+    from grpolab.config import ConfigError
+
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    longest = max((len(p) for p in prompts), default=0)
+    if context and longest + max_new_tokens > context:
+        raise ConfigError(
+            f"{key}: a prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the model's context of "
+            f"{context} tokens; shorten the prompts or lower {key}"
+        )
+
+
 def collect_rollout(
     engine, tokenizer, task, examples: list[dict], group_size: int, params: SamplingParams, rewards, timer=None
 ):
@@ -67,6 +81,7 @@ def collect_rollout(
     `rewards` is a RewardRunner, or a map of weights scored in this process; `timer` (step_metrics.Timer)
     gets the scoring seconds as its `rewards` phase."""
     prompts = [encode_prompt(tokenizer, task, example) for example in examples]
+    check_context(engine.model, prompts, params.max_new_tokens, "rollout.max_new_tokens")
     groups = engine.generate(prompts, group_size, params)
     completions = [c for group in groups for c in group]
     texts = [c.text for c in completions]

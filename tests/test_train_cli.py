@@ -80,3 +80,11 @@ def test_time_budget_stops_training_and_still_evaluates(tmp_path):
     assert steps == [1]
     assert "after" in json.loads((run_dir / "eval.json").read_text())
     assert (run_dir / "final" / "config.json").exists()
+
+
+def test_prompt_beyond_the_context_is_one_line(tmp_path):
+    # tiny-random has a 1024-token context
+    result = run_cli("train", *TINY, "eval.max_new_tokens=1100", f"output_dir={tmp_path}/run")
+    assert result.returncode == 2
+    assert "exceeds the model's context of 1024 tokens" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

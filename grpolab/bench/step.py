@@ -72,11 +72,12 @@ def peak_rss_gb() -> float:
 
 
 def run_grpolab_side(overrides: list[str], warmup: int, steps: int, all_prompts: bool) -> dict:
+    from grpolab.distributed import Parallel
     from grpolab.trainer import grpo_step, setup
 
     with tempfile.TemporaryDirectory() as folder:
         config = bench_config(overrides, folder)
-        run, _ = setup(config, log=lambda *_: None)
+        run, _ = setup(config, lambda *_: None, Parallel())  # one process
         stream = prompt_stream(run.task, config, all_prompts)
         seconds, rewards, phases = [], [], []
         for step in range(1, warmup + steps + 1):
