@@ -44,7 +44,10 @@ SETTINGS = [
     "log.tensorboard=false",
 ]
 COMPARED = ("loss", "grad_norm", "kl", "entropy", "reward_mean", "completion_len_mean", "clip_low_frac")
-TOLERANCE = 1e-6  # absolute, on the compared metrics and on every final weight
+# Absolute, on the compared metrics and on every final weight. Micro-batches are grouped by completion length
+# over the rows a process holds (grpolab/rollout.py), so one process and two put different rows together and fp32
+# sums are reassociated: differences of ~1.1e-6 were observed (bitwise before length grouping).
+TOLERANCE = 1e-5
 
 
 def metrics(run_dir: Path) -> list[dict]:
