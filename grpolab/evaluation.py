@@ -14,7 +14,7 @@ def greedy_accuracy(engine, tokenizer, task, examples: list[dict], max_new_token
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         prompts = [encode_prompt(tokenizer, task, example) for example in chunk]
-        check_context(engine.model, prompts, max_new_tokens, "eval.max_new_tokens")
+        check_context(getattr(engine, "model", None), prompts, max_new_tokens, "eval.max_new_tokens")
         for example, group in zip(chunk, engine.generate(prompts, 1, params)):
             text = group[0].text
             samples.append(

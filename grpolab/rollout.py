@@ -81,7 +81,7 @@ def collect_rollout(
     `rewards` is a RewardRunner, or a map of weights scored in this process; `timer` (step_metrics.Timer)
     gets the scoring seconds as its `rewards` phase."""
     prompts = [encode_prompt(tokenizer, task, example) for example in examples]
-    check_context(engine.model, prompts, params.max_new_tokens, "rollout.max_new_tokens")
+    check_context(getattr(engine, "model", None), prompts, params.max_new_tokens, "rollout.max_new_tokens")
     groups = engine.generate(prompts, group_size, params)
     completions = [c for group in groups for c in group]
     texts = [c.text for c in completions]
