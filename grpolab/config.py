@@ -47,6 +47,7 @@ class TrainConfig:
     adam_beta2: float = 0.99
     max_grad_norm: float = 1.0
     micro_batch_size: int = 16
+    share_prompts: bool = True  # one prompt pass per micro-batch, its keys / values shared by its completions
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     save_every: int = 25
     keep_checkpoints: int = 2

@@ -111,25 +111,42 @@ def collect_rollout(
     )
 
 
-def micro_batches(batch: RolloutBatch, size: int):
-    """Groups of `size` rows, as (row indices [b], (prompt ids, prompt mask, completion ids, completion mask)).
+def micro_batches(batch: RolloutBatch, size: int, share_prompts: bool = False):
+    """Groups of `size` rows, as (row indices [b], (prompt ids, prompt mask, completion ids, completion mask,
+    prompt index or None)).
 
     Rows are grouped by completion length (length-bucketed: a group is padded only to its own longest row,
     not to the batch's), and the padding columns that no row of a group uses are trimmed away. The loss
-    is a sum over rows with whole-batch normalisers, so the grouping does not change it."""
-    order = torch.argsort(batch.completion_mask.sum(1), stable=True)  # [B]
+    is a sum over rows with whole-batch normalisers, so the grouping does not change it.
+
+    `share_prompts`: the rows of one prompt stay together (prompts ordered by their longest completion, rows
+    by length within a prompt), each micro-batch carries its distinct prompts once ([n, P]) and the prompt
+    index [b] of every row, for `completion_logprobs(prompt_index=...)`."""
+    lengths = batch.completion_mask.sum(1)  # [B]
+    if share_prompts:
+        prompt_of_row = torch.arange(len(lengths)) // batch.group_size  # [B]
+        longest = lengths.view(-1, batch.group_size).max(1).values[prompt_of_row]  # [B]
+        width, prompts = batch.completion_mask.shape[1] + 1, len(lengths) // batch.group_size + 1
+        order = torch.argsort((longest * prompts + prompt_of_row) * width + lengths, stable=True)
+    else:
+        order = torch.argsort(lengths, stable=True)  # [B]
     for start in range(0, len(order), size):
         rows = order[start : start + size]
-        prompt_mask = batch.prompt_mask[rows]
+        prompt_rows, prompt_index = rows, None
+        if share_prompts:
+            prompts, prompt_index = torch.unique(rows // batch.group_size, return_inverse=True)
+            prompt_rows = prompts * batch.group_size  # the first row of each prompt holds its ids
+        prompt_mask = batch.prompt_mask[prompt_rows]
         first = int((prompt_mask.sum(0) > 0).nonzero().min())  # first column any row uses
         completion_mask = batch.completion_mask[rows]
         last = max(1, int(completion_mask.sum(1).max()))
         yield (
             rows,
             (
-                batch.prompt_ids[rows, first:],
+                batch.prompt_ids[prompt_rows, first:],
                 prompt_mask[:, first:],
                 batch.completion_ids[rows, :last],
                 completion_mask[:, :last],
+                prompt_index,
             ),
         )

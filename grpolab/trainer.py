@@ -73,14 +73,14 @@ def optimisation_pass(policy, batch, shaped, config: Config, bf16: bool, on, par
     normalisers = Normalisers(max(1, int(sequences)), tokens, config.rollout.max_new_tokens)
     totals: dict[str, float] = {"loss": 0.0}
     current = torch.zeros_like(batch.sampling_logprobs)
-    parts = list(micro_batches(batch, config.train.micro_batch_size))
-    for index, (rows, (p_ids, p_mask, c_ids, c_mask)) in enumerate(parts):
-        width = c_ids.shape[1]
+    parts = list(micro_batches(batch, config.train.micro_batch_size, config.train.share_prompts))
+    for index, (rows, (p_ids, p_mask, c_ids, c_mask, prompt_index)) in enumerate(parts):
+        width, prompt_index = c_ids.shape[1], None if prompt_index is None else prompt_index.to(on)
         with parallel.accumulating(scorer, last=index == len(parts) - 1):
             with autocast_context(bf16, on):
                 logprobs, entropy = scorer(
                     p_ids.to(on), p_mask.to(on), c_ids.to(on), c_mask.to(on), config.rollout.temperature, True,
-                    bool(config.grpo.entropy_coef),
+                    bool(config.grpo.entropy_coef), prompt_index,
                 )  # fmt: skip
             logprobs = logprobs.float()
             old = logprobs.detach() if old_logprobs is None else old_logprobs[rows, :width].to(on)

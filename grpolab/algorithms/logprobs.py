@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 
 LOGIT_CHUNK_ROWS = 8
-LOGIT_CHUNK_TOKENS = 512  # [512, V] fp32 logits: 100 MB for a 49k vocabulary
+LOGIT_CHUNK_TOKENS = 512  # tokens per weight-gradient matmul: [512, V] bf16 logit gradients, 50 MB at V = 49k
+CACHE_CHUNK_TOKENS = 64  # tokens per fp32 pass over [n, V] (12.6 MB at V = 49k): the passes stay in cache
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -33,25 +34,69 @@ def completion_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     entropy_grad: bool = False,
+    prompt_index: torch.Tensor | None = None,
 ):
     """log pi(o_t | q, o_<t) for every completion token: returns (logprobs [B, T], entropy [B, T] or None).
     Positions outside `completion_mask` get 0. The entropy is detached unless `entropy_grad` (an entropy
     bonus in the loss), which takes the plain path that keeps the log-softmax for backward.
 
+    With `prompt_index` [B], the prompts are the N distinct ones ([N, P]) and row b continues prompt
+    `prompt_index[b]`: each prompt goes through the model once and its keys / values are shared by its
+    completions (`shared_prefix_hidden`); without it, row b's prompt is row b of `prompt_ids`.
+
     (choice) Logits are divided by the sampling temperature, as verl and TRL do, so that on-policy the
     trainer's log-probs equal the rollout's and the ratio is exactly 1.
     """
+    if prompt_index is not None:
+        hidden = shared_prefix_hidden(model, prompt_ids, prompt_mask, completion_ids, completion_mask, prompt_index)
+    else:
+        hidden = full_sequence_hidden(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    return head_logprobs(model, hidden, completion_ids, completion_mask, temperature, with_entropy, entropy_grad)
+
+
+def full_sequence_hidden(model, prompt_ids, prompt_mask, completion_ids, completion_mask) -> torch.Tensor:
+    """The decoder states that predict each completion token, [B, T, H], from one pass over prompt + completion."""
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T]
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [B, P+T]
-    decoder = model.get_decoder()
-    hidden = decoder(
+    hidden = model.get_decoder()(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
         use_cache=False,
     ).last_hidden_state  # [B, P+T, H]
     prompt_len, length = prompt_ids.shape[1], completion_ids.shape[1]
-    hidden = hidden[:, prompt_len - 1 : prompt_len - 1 + length]  # [B, T, H]: states that predict o_t
+    return hidden[:, prompt_len - 1 : prompt_len - 1 + length]  # [B, T, H]: states that predict o_t
+
+
+def shared_prefix_hidden(model, prompt_ids, prompt_mask, completion_ids, completion_mask, prompt_index):
+    """Like `full_sequence_hidden`, but each of the N distinct prompts [N, P] runs through the decoder once:
+    its per-layer keys / values are gathered to the B rows that continue it (`prompt_index` [B]) and the
+    completions attend to them. The gather is differentiable, so the gradients of all G completions of a
+    prompt flow back into one prompt pass. With G completions per prompt the prompt tokens cost 1/G of the
+    unshared pass, in the forward and in the backward."""
+    decoder = model.get_decoder()
+    out = decoder(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=position_ids_from_mask(prompt_mask),
+        use_cache=True,
+    )
+    first = out.last_hidden_state[prompt_index, -1:]  # [B, 1, H]: the last prompt state predicts o_0
+    if completion_ids.shape[1] == 1:
+        return first
+    cache = out.past_key_values
+    cache.batch_select_indices(prompt_index)  # [N, heads, P, d] -> [B, heads, P, d] in every layer
+    inputs = completion_ids[:, :-1]  # o_0..o_{T-2} predict o_1..o_{T-1}
+    attention_mask = torch.cat([prompt_mask[prompt_index], completion_mask[:, :-1]], dim=1)  # [B, P+T-1]
+    positions = prompt_mask.sum(1)[prompt_index, None] + torch.arange(inputs.shape[1], device=inputs.device)
+    rest = decoder(
+        input_ids=inputs, attention_mask=attention_mask, position_ids=positions, past_key_values=cache, use_cache=True
+    ).last_hidden_state  # [B, T-1, H]
+    return torch.cat([first, rest], dim=1)  # [B, T, H]
+
+
+def head_logprobs(model, hidden, completion_ids, completion_mask, temperature, with_entropy, entropy_grad):
+    """The output head on the states `hidden` [B, T, H]: log-probs (and entropies) of `completion_ids`."""
     head = model.get_output_embeddings()
     if not entropy_grad and type(head) is torch.nn.Linear and head.bias is None:
         selected = completion_mask.bool()  # [B, T]: padding never reaches the head
@@ -95,13 +140,13 @@ class SelectedLogprobs(torch.autograd.Function):
         entropy = torch.empty_like(logprobs) if with_entropy else logprobs.new_empty(0)
         w = weight.to(compute_dtype)
         with torch.autocast(device, enabled=False):
-            for start in range(0, hidden.shape[0], LOGIT_CHUNK_TOKENS):
-                rows = slice(start, start + LOGIT_CHUNK_TOKENS)
-                logits = (hidden[rows].to(compute_dtype) @ w.T).float() / temperature  # [n, V]
+            for rows in chunks(hidden.shape[0], CACHE_CHUNK_TOKENS):
+                logits = scaled_logits(hidden[rows], w, temperature, compute_dtype)  # [n, V] fp32
                 lse[rows] = torch.logsumexp(logits, dim=-1)
                 logprobs[rows] = logits.gather(-1, targets[rows, None])[:, 0] - lse[rows]
-                if with_entropy:  # H = lse - sum_v p_v z_v
-                    entropy[rows] = lse[rows] - (torch.softmax(logits, -1) * logits).sum(-1)
+                if with_entropy:  # H = lse - sum_v p_v z_v, p = exp(z - lse)
+                    probs = (logits - lse[rows, None]).exp_()
+                    entropy[rows] = lse[rows] - torch.linalg.vecdot(probs, logits)
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature, ctx.compute_dtype = temperature, compute_dtype
         ctx.mark_non_differentiable(entropy)
@@ -115,39 +160,57 @@ class SelectedLogprobs(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         with torch.autocast(hidden.device.type, enabled=False):
-            for start in range(0, hidden.shape[0], LOGIT_CHUNK_TOKENS):
-                rows = slice(start, start + LOGIT_CHUNK_TOKENS)
-                h = hidden[rows].to(dtype)
-                logits = (h @ w.T).float() / temperature
-                # d logp_y / d z = onehot(y) - softmax(z), times the chain factor 1 / temperature
-                grad_logits = torch.exp(logits - lse[rows, None]).mul_(-grad_logprobs[rows, None])
-                grad_logits.scatter_add_(-1, targets[rows, None], grad_logprobs[rows, None])
-                grad_logits = (grad_logits / temperature).to(dtype)
+            for rows in chunks(hidden.shape[0], LOGIT_CHUNK_TOKENS):
+                h = (hidden[rows] / temperature).to(dtype)  # z = (h / temperature) W^T
+                grad_z = h.new_empty(h.shape[0], w.shape[0])  # [n, V] in the compute dtype
+                for part in chunks(h.shape[0], CACHE_CHUNK_TOKENS):  # fp32 work on cache-sized pieces
+                    logits = torch.mm(h[part], w.T).float()
+                    # d logp_y / d z = onehot(y) - softmax(z); z depends on h / temperature, so the chain
+                    # factor 1 / temperature goes on the gradients of h and W below, not on [n, V]
+                    g = grad_logprobs[rows][part, None]
+                    grad = logits.sub_(lse[rows][part, None]).exp_().mul_(-g)
+                    grad_z[part] = grad.scatter_add_(-1, targets[rows][part, None], g)
                 if grad_hidden is not None:
-                    grad_hidden[rows] = (grad_logits @ w).to(hidden.dtype)
+                    grad_hidden[rows] = (grad_z @ w).div_(temperature).to(hidden.dtype)
                 if grad_weight is not None:
-                    grad_weight += (grad_logits.T @ h).float()
+                    grad_weight += (grad_z.T @ h).float()
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None, None, None
 
 
+def chunks(total: int, size: int):
+    return [slice(start, start + size) for start in range(0, total, size)]
+
+
+def scaled_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float, dtype) -> torch.Tensor:
+    """(hidden / temperature) W^T in fp32, [n, V]: the temperature scales the n x H states, not the n x V
+    logits (one pass over [n, V] fewer; the same value up to rounding)."""
+    return torch.mm((hidden / temperature).to(dtype), weight.T).float()
+
+
 class CompletionScorer(torch.nn.Module):
     """`completion_logprobs` as a module's forward. DDP and FSDP2 act in a wrapped module's forward (gradient
     hooks, gathering sharded weights), and `completion_logprobs` reaches into the decoder and the output head
-    directly, so the trainer wraps this module, never the bare causal LM."""
+    directly, so the trainer wraps this module, never the bare causal LM.
 
-    def __init__(self, model):
+    `share_prefix`: run each distinct prompt once when the caller passes `prompt_index` (see
+    `shared_prefix_hidden`); off, the prompts are repeated to one per row and the plain pass runs."""
+
+    def __init__(self, model, share_prefix: bool = True):
         super().__init__()
         self.model = model
+        self.share_prefix = share_prefix
 
     def forward(
         self, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=1.0, with_entropy=False,
-        entropy_grad=False,
+        entropy_grad=False, prompt_index=None,
     ):  # fmt: skip
+        if prompt_index is not None and not self.share_prefix:
+            prompt_ids, prompt_mask, prompt_index = prompt_ids[prompt_index], prompt_mask[prompt_index], None
         return completion_logprobs(
             self.model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, with_entropy,
-            entropy_grad,
+            entropy_grad, prompt_index,
         )  # fmt: skip
 
 

@@ -1,0 +1,87 @@
+"""Shared-prefix scoring: each distinct prompt runs through the model once and its keys / values are
+gathered to its completions. Log-probs and gradients must equal the plain pass over repeated prompts,
+for every architecture the engine supports, and the trainer's micro-batches must keep a prompt's rows
+together."""
+
+import pytest
+import torch
+
+from grpolab.algorithms import logprobs as lp
+from grpolab.rollout import RolloutBatch, micro_batches
+from tests.test_engine import tiny_model
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gpt2"])
+def test_shared_prefix_equals_repeated_prompts(arch):
+    torch.manual_seed(0)
+    model = tiny_model(arch).float()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    prompt_ids = torch.randint(1, vocab, (2, 5))
+    prompt_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])  # left-padded, different lengths
+    prompt_index = torch.tensor([1, 0, 0, 1, 0])  # rows continue prompts 1, 0, 0, 1, 0
+    completion_ids = torch.randint(1, vocab, (5, 4))
+    completion_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]])
+    weights = torch.randn(5, 4)
+
+    def run(shared: bool):
+        model.zero_grad()
+        if shared:
+            args = (prompt_ids, prompt_mask, completion_ids, completion_mask)
+            got, _ = lp.completion_logprobs(model, *args, temperature=0.8, prompt_index=prompt_index)
+        else:
+            args = (prompt_ids[prompt_index], prompt_mask[prompt_index], completion_ids, completion_mask)
+            got, _ = lp.completion_logprobs(model, *args, temperature=0.8)
+        (got * weights * completion_mask).sum().backward()
+        return got.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    expected, expected_grads = run(shared=False)
+    got, grads = run(shared=True)
+    mask = completion_mask.bool()
+    assert torch.allclose(got[mask], expected[mask], atol=1e-5)
+    assert (got[~mask] == 0).all()
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in grads.items():
+        assert torch.allclose(grad, expected_grads[name], atol=1e-5), name
+
+
+def test_scorer_without_sharing_repeats_the_prompts():
+    torch.manual_seed(1)
+    model = tiny_model("llama").float()
+    prompt_ids, prompt_mask = torch.randint(1, 50, (2, 3)), torch.ones(2, 3, dtype=torch.long)
+    completion_ids, completion_mask = torch.randint(1, 50, (4, 2)), torch.ones(4, 2, dtype=torch.long)
+    index = torch.tensor([0, 0, 1, 1])
+    shared = lp.CompletionScorer(model)(prompt_ids, prompt_mask, completion_ids, completion_mask, prompt_index=index)
+    plain = lp.CompletionScorer(model, share_prefix=False)(
+        prompt_ids, prompt_mask, completion_ids, completion_mask, prompt_index=index
+    )
+    assert torch.allclose(shared[0], plain[0], atol=1e-5)
+
+
+def rollout(lengths: list[int], group_size: int) -> RolloutBatch:
+    rows, width = len(lengths), max(lengths)
+    prompt_ids = torch.arange(rows // group_size).repeat_interleave(group_size)[:, None].repeat(1, 3)
+    return RolloutBatch(
+        examples=[{}] * (rows // group_size),
+        completions=[None] * rows,
+        prompt_ids=prompt_ids,
+        prompt_mask=torch.ones(rows, 3, dtype=torch.long),
+        completion_ids=torch.zeros(rows, width, dtype=torch.long),
+        completion_mask=torch.tensor([[1] * n + [0] * (width - n) for n in lengths]),
+        sampling_logprobs=torch.zeros(rows, width),
+        rewards=torch.zeros(rows // group_size, group_size),
+    )
+
+
+def test_micro_batches_keep_a_prompts_rows_together():
+    batch = rollout([5, 1, 2, 2, 9, 3, 1, 1, 4, 4, 4, 4], group_size=4)  # prompts 0, 1, 2: longest 5, 9, 4
+    parts = list(micro_batches(batch, 4, share_prompts=True))
+    assert [sorted(rows.tolist()) for rows, _ in parts] == [[8, 9, 10, 11], [0, 1, 2, 3], [4, 5, 6, 7]]
+    rows, (p_ids, _, c_ids, c_mask, index) = parts[1]
+    assert p_ids.shape[0] == 1 and (index == 0).all()
+    assert c_ids.shape[1] == 5  # padded to its own prompt's longest completion only
+    assert sorted(rows.tolist()) == sorted(set(rows.tolist()))
+    spread = list(micro_batches(batch, 6, share_prompts=True))  # a micro-batch of 6 spans two prompts
+    rows, (p_ids, _, _, _, index) = spread[0]
+    assert p_ids.shape[0] == 2 and torch.equal(p_ids[index, 0], batch.prompt_ids[rows, 0])
+    covered = sorted(r for rows, _ in spread for r in rows.tolist())
+    assert covered == list(range(12))
