@@ -162,11 +162,13 @@ def autocast_context(bf16: bool, on: torch.device):
 
 
 @torch.no_grad()
-def batch_logprobs(model, batch, size: int, temperature: float, bf16: bool, on, share_prompts: bool = False):
+def batch_logprobs(
+    model, batch, size: int, temperature: float, bf16: bool, on, share_prompts: bool = False, max_tokens: int = 0
+):
     """Log-probs of the rollout's tokens under `model` (no gradient), [B, T]."""
     out = torch.zeros_like(batch.sampling_logprobs)
     scorer = as_scorer(model)
-    for rows, (p_ids, p_mask, c_ids, c_mask, index) in micro_batches(batch, size, share_prompts):
+    for rows, (p_ids, p_mask, c_ids, c_mask, index) in micro_batches(batch, size, share_prompts, max_tokens):
         index = None if index is None else index.to(on)
         with autocast_context(bf16, on):
             logprobs, _ = scorer(
@@ -236,14 +238,14 @@ def shape_batch(
     f to the rows of the whole batch when it is split between processes (grpolab/distributed.py)."""
     batch_wide = batch_wide or (lambda function, *tensors: function(*tensors))
     grpo, size, temperature = config.grpo, config.train.micro_batch_size, config.rollout.temperature
-    share = config.train.share_prompts
+    share = (config.train.share_prompts, config.train.micro_batch_tokens)
     old_logprobs = ref_logprobs = None
     if grpo.mu > 1 or grpo.kl_in_reward:  # fixed for the mu passes; with mu = 1 the pass uses its own
         with timer("old_logprobs"):
-            old_logprobs = batch_logprobs(policy, batch, size, temperature, bf16, on, share)
+            old_logprobs = batch_logprobs(policy, batch, size, temperature, bf16, on, *share)
     if reference is not None:
         with timer("reference"), reference.model() as model:
-            ref_logprobs = batch_logprobs(model, batch, size, temperature, bf16, on, share)
+            ref_logprobs = batch_logprobs(model, batch, size, temperature, bf16, on, *share)
     rewards, stats = batch.rewards, {}
     if grpo.kl_in_reward:
         kl = KL_ESTIMATORS[grpo.kl_estimator](old_logprobs, ref_logprobs)  # [B, T]

@@ -47,6 +47,7 @@ class TrainConfig:
     adam_beta2: float = 0.99
     max_grad_norm: float = 1.0
     micro_batch_size: int = 16
+    micro_batch_tokens: int = 0  # > 0: micro-batches by padded-token budget instead of micro_batch_size rows
     share_prompts: bool = True  # one prompt pass per micro-batch, its keys / values shared by its completions
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     save_every: int = 25
@@ -175,6 +176,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.weight_decay": (lambda v: v >= 0, "a float >= 0"),
     "train.max_grad_norm": (lambda v: v > 0, "a float > 0"),
     "train.micro_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "train.micro_batch_tokens": (lambda v: v >= 0, "an integer >= 0 (0: micro_batch_size rows)"),
     "train.save_every": (lambda v: v >= 0, "an integer >= 0 (0 saves no checkpoints)"),
     "train.keep_checkpoints": (lambda v: v >= 1, "an integer >= 1"),
     "train.max_minutes": (lambda v: v >= 0, "a float >= 0 (0: no time budget)"),

@@ -51,6 +51,9 @@ def check_world(config: Config, world_size: int) -> None:
         )
     if config.grpo.dynamic_sampling and world_size > 1:
         raise ConfigError("grpo.dynamic_sampling: not supported with more than one process yet")
+    if config.train.micro_batch_tokens and world_size > 1 and config.parallel.strategy == "fsdp":
+        # FSDP reduce-scatters at every micro-batch: all ranks must run the same number of them
+        raise ConfigError("train.micro_batch_tokens: not with parallel.strategy=fsdp (use train.micro_batch_size)")
 
 
 @dataclass

@@ -111,9 +111,11 @@ def collect_rollout(
     )
 
 
-def micro_batches(batch: RolloutBatch, size: int, share_prompts: bool = False):
+def micro_batches(batch: RolloutBatch, size: int, share_prompts: bool = False, max_tokens: int = 0):
     """Groups of `size` rows, as (row indices [b], (prompt ids, prompt mask, completion ids, completion mask,
-    prompt index or None)).
+    prompt index or None)). With `max_tokens` > 0 a group instead takes as many rows as fit in that many
+    padded tokens (prompt and completion columns; at least one row): short completions make few, large
+    micro-batches, long ones many small ones.
 
     Rows are grouped by completion length (length-bucketed: a group is padded only to its own longest row,
     not to the batch's), and the padding columns that no row of a group uses are trimmed away. The loss
@@ -130,8 +132,7 @@ def micro_batches(batch: RolloutBatch, size: int, share_prompts: bool = False):
         order = torch.argsort((longest * prompts + prompt_of_row) * width + lengths, stable=True)
     else:
         order = torch.argsort(lengths, stable=True)  # [B]
-    for start in range(0, len(order), size):
-        rows = order[start : start + size]
+    for rows in split_rows(order, lengths, batch, size, share_prompts, max_tokens):
         prompt_rows, prompt_index = rows, None
         if share_prompts:
             prompts, prompt_index = torch.unique(rows // batch.group_size, return_inverse=True)
@@ -150,3 +151,22 @@ def micro_batches(batch: RolloutBatch, size: int, share_prompts: bool = False):
                 prompt_index,
             ),
         )
+
+
+def split_rows(order, lengths, batch: RolloutBatch, size: int, share_prompts: bool, max_tokens: int):
+    """Consecutive pieces of `order`: `size` rows each, or (with `max_tokens`) as many as fit the budget."""
+    if max_tokens <= 0:
+        return [order[start : start + size] for start in range(0, len(order), size)]
+    prompt_width = int(batch.prompt_mask.sum(1).max())
+    pieces, current, prompts, longest = [], [], set(), 0
+    for row in order.tolist():
+        prompt = row // batch.group_size
+        new_prompts = len(prompts | {prompt}) if share_prompts else len(current) + 1
+        new_longest = max(longest, int(lengths[row]))
+        if current and new_prompts * prompt_width + (len(current) + 1) * new_longest > max_tokens:
+            pieces.append(torch.tensor(current))
+            current, prompts, new_longest = [], set(), int(lengths[row])
+        current.append(row)
+        prompts.add(prompt)
+        longest = new_longest
+    return pieces + [torch.tensor(current)] if current else pieces

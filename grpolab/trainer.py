@@ -73,7 +73,8 @@ def optimisation_pass(policy, batch, shaped, config: Config, bf16: bool, on, par
     normalisers = Normalisers(max(1, int(sequences)), tokens, config.rollout.max_new_tokens)
     totals: dict[str, float] = {"loss": 0.0}
     current = torch.zeros_like(batch.sampling_logprobs)
-    parts = list(micro_batches(batch, config.train.micro_batch_size, config.train.share_prompts))
+    train = config.train
+    parts = list(micro_batches(batch, train.micro_batch_size, train.share_prompts, train.micro_batch_tokens))
     for index, (rows, (p_ids, p_mask, c_ids, c_mask, prompt_index)) in enumerate(parts):
         width, prompt_index = c_ids.shape[1], None if prompt_index is None else prompt_index.to(on)
         with parallel.accumulating(scorer, last=index == len(parts) - 1):
@@ -324,8 +325,8 @@ def grpo_step(run: TrainingRun, step: int, stream):
             if math.isfinite(grad_norm) and math.isfinite(stats["loss"]):  # the same on every rank
                 optimizer.step()
             else:  # a non-finite update is skipped, never applied
-                optimizer.zero_grad(set_to_none=True)
                 skipped += 1
+            optimizer.zero_grad(set_to_none=True)  # gradients are not held through the next rollout
         if update == 0:
             first_stats, first_logprobs = stats, current
     run.scheduler.step()

@@ -85,3 +85,16 @@ def test_micro_batches_keep_a_prompts_rows_together():
     assert p_ids.shape[0] == 2 and torch.equal(p_ids[index, 0], batch.prompt_ids[rows, 0])
     covered = sorted(r for rows, _ in spread for r in rows.tolist())
     assert covered == list(range(12))
+
+
+def test_token_budget_micro_batches_cover_every_row_within_the_budget():
+    batch = rollout([5, 1, 2, 2, 9, 3, 1, 1, 4, 4, 4, 4], group_size=4)  # prompts of 3 tokens
+    for share in (False, True):
+        parts = list(micro_batches(batch, 2, share_prompts=share, max_tokens=24))
+        covered = sorted(r for rows, _ in parts for r in rows.tolist())
+        assert covered == list(range(12))
+        for rows, (p_ids, _, c_ids, _, _) in parts:
+            assert len(rows) == 1 or p_ids.numel() + c_ids.numel() <= 24
+        assert any(len(rows) > 2 for rows, _ in parts)  # short rows: more than micro_batch_size together
+    one_each = list(micro_batches(batch, 2, max_tokens=1))  # a budget below one row still makes progress
+    assert len(one_each) == 12

@@ -54,7 +54,7 @@ class CompareConfig:
 
 def default_stages() -> list[StageConfig]:
     """SmolLM2-135M -> GRPO on arithmetic -> rejection sampling -> distillation into a small student, sized
-    for a 2-core CPU. GRPO is short, so it takes a larger step than the trainer's default, samples at most 32
+    for a 2-core CPU. GRPO is short (30 steps of 8 x 8, the trainer's learning rate), samples at most 32
     tokens (the comparison's budget: a verbose answer cut before its number scores 0) and has no reference
     model (beta = 0 saves a third of the compute)."""
     return [
@@ -63,9 +63,9 @@ def default_stages() -> list[StageConfig]:
             kind="grpo",
             model="base",
             settings={
-                "train.max_steps": 10,
+                "train.max_steps": 30,
                 "train.learning_rate": 2e-5,
-                "rollout.prompts_per_step": 4,
+                "rollout.prompts_per_step": 8,
                 "rollout.group_size": 8,
                 "rollout.max_new_tokens": 32,
                 "grpo.beta": 0.0,
@@ -99,7 +99,7 @@ class PipelineConfig:
     seed: int = 0
     engine: Literal["grpolab", "hf"] = "grpolab"
     stages: list[StageConfig] = field(default_factory=default_stages)
-    compare: CompareConfig = field(default_factory=lambda: CompareConfig(n=100, max_new_tokens=32, batch_size=50))
+    compare: CompareConfig = field(default_factory=lambda: CompareConfig(n=100, k=4, max_new_tokens=32, batch_size=50))
 
     def run_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.name}")
