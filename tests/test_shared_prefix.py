@@ -44,19 +44,6 @@ def test_shared_prefix_equals_repeated_prompts(arch):
         assert torch.allclose(grad, expected_grads[name], atol=1e-5), name
 
 
-def test_scorer_without_sharing_repeats_the_prompts():
-    torch.manual_seed(1)
-    model = tiny_model("llama").float()
-    prompt_ids, prompt_mask = torch.randint(1, 50, (2, 3)), torch.ones(2, 3, dtype=torch.long)
-    completion_ids, completion_mask = torch.randint(1, 50, (4, 2)), torch.ones(4, 2, dtype=torch.long)
-    index = torch.tensor([0, 0, 1, 1])
-    shared = lp.CompletionScorer(model)(prompt_ids, prompt_mask, completion_ids, completion_mask, prompt_index=index)
-    plain = lp.CompletionScorer(model, share_prefix=False)(
-        prompt_ids, prompt_mask, completion_ids, completion_mask, prompt_index=index
-    )
-    assert torch.allclose(shared[0], plain[0], atol=1e-5)
-
-
 def rollout(lengths: list[int], group_size: int) -> RolloutBatch:
     rows, width = len(lengths), max(lengths)
     prompt_ids = torch.arange(rows // group_size).repeat_interleave(group_size)[:, None].repeat(1, 3)

@@ -192,22 +192,16 @@ def scaled_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float
 class CompletionScorer(torch.nn.Module):
     """`completion_logprobs` as a module's forward. DDP and FSDP2 act in a wrapped module's forward (gradient
     hooks, gathering sharded weights), and `completion_logprobs` reaches into the decoder and the output head
-    directly, so the trainer wraps this module, never the bare causal LM.
+    directly, so the trainer wraps this module, never the bare causal LM."""
 
-    `share_prefix`: run each distinct prompt once when the caller passes `prompt_index` (see
-    `shared_prefix_hidden`); off, the prompts are repeated to one per row and the plain pass runs."""
-
-    def __init__(self, model, share_prefix: bool = True):
+    def __init__(self, model):
         super().__init__()
         self.model = model
-        self.share_prefix = share_prefix
 
     def forward(
         self, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature=1.0, with_entropy=False,
         entropy_grad=False, prompt_index=None,
     ):  # fmt: skip
-        if prompt_index is not None and not self.share_prefix:
-            prompt_ids, prompt_mask, prompt_index = prompt_ids[prompt_index], prompt_mask[prompt_index], None
         return completion_logprobs(
             self.model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature, with_entropy,
             entropy_grad, prompt_index,
