@@ -42,47 +42,79 @@ def supports(model, total_length: int) -> bool:
     return not (uses_window and total_length > window)
 
 
+def onednn_prepacks(dtype: torch.dtype, device: torch.device) -> bool:
+    """Prepack bf16 weights for oneDNN on CPU? `F.linear` reorders a plain bf16 weight into oneDNN's
+    blocked layout on every call; a weight reordered once runs the 32-row decode GEMMs ~25% faster
+    (measured, SmolLM2 shapes, 2 threads) with bit-identical results. fp32 stays on `F.linear`,
+    whose MKL kernels are what transformers uses, so greedy decoding stays token-identical."""
+    return (
+        dtype == torch.bfloat16
+        and device.type == "cpu"
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    )
+
+
+class Linear:
+    """y = x W^T + b with W in the engine dtype, optionally prepacked for oneDNN (see above)."""
+
+    ROWS_HINT = 32  # the batch size oneDNN's weight layout is chosen for: GRPO's n x prompts
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+        self.dtype = dtype
+        self.prepacked = onednn_prepacks(dtype, weight.device)
+        self.load(weight, bias)
+
+    def load(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """(Re)load from the model: a prepacked weight is reordered anew, a plain one copied in place."""
+        self.bias = None if bias is None else bias.detach().to(self.dtype, copy=True)
+        if self.prepacked:
+            plain = weight.detach().to(self.dtype).contiguous()
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(plain, self.ROWS_HINT)
+        elif getattr(self, "weight", None) is not None:
+            self.weight.copy_(weight)
+        else:
+            self.weight = weight.detach().to(self.dtype, copy=True)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prepacked:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+
 @dataclass
 class PackedLayer:
     input_norm: torch.Tensor  # [H]
-    qkv: torch.Tensor  # [(heads + 2 kv_heads) * D, H]
-    qkv_bias: torch.Tensor | None
-    out: torch.Tensor  # [H, heads * D]
-    out_bias: torch.Tensor | None
+    qkv: Linear  # [(heads + 2 kv_heads) * D, H]
+    out: Linear  # [H, heads * D]
     post_norm: torch.Tensor  # [H]
-    gate_up: torch.Tensor  # [2 I, H]
-    gate_up_bias: torch.Tensor | None
-    down: torch.Tensor  # [H, I]
-    down_bias: torch.Tensor | None
+    gate_up: Linear  # [2 I, H]
+    down: Linear  # [H, I]
 
 
 def cat_or_none(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
     return None if any(t is None for t in tensors) else torch.cat(tensors)
 
 
-def pack_layer(layer, dtype: torch.dtype) -> PackedLayer:
+def layer_linears(layer) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """The fused (weight, bias) of each packed projection of a decoder layer."""
     attn, mlp = layer.self_attn, layer.mlp
-    bias = lambda module: None if module.bias is None else module.bias.detach().to(dtype, copy=True)
+    qkv, gate_up = [attn.q_proj, attn.k_proj, attn.v_proj], [mlp.gate_proj, mlp.up_proj]
+    return {
+        "qkv": (torch.cat([m.weight for m in qkv]), cat_or_none([m.bias for m in qkv])),
+        "out": (attn.o_proj.weight, attn.o_proj.bias),
+        "gate_up": (torch.cat([m.weight for m in gate_up]), cat_or_none([m.bias for m in gate_up])),
+        "down": (mlp.down_proj.weight, mlp.down_proj.bias),
+    }
+
+
+def pack_layer(layer, dtype: torch.dtype) -> PackedLayer:
+    linears = {name: Linear(weight, bias, dtype) for name, (weight, bias) in layer_linears(layer).items()}
     return PackedLayer(
         input_norm=layer.input_layernorm.weight.detach().to(dtype, copy=True),
-        qkv=torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach().to(dtype),
-        qkv_bias=cat_or_none([bias(attn.q_proj), bias(attn.k_proj), bias(attn.v_proj)]),
-        out=attn.o_proj.weight.detach().to(dtype, copy=True),
-        out_bias=bias(attn.o_proj),
         post_norm=layer.post_attention_layernorm.weight.detach().to(dtype, copy=True),
-        gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach().to(dtype),
-        gate_up_bias=cat_or_none([bias(mlp.gate_proj), bias(mlp.up_proj)]),
-        down=mlp.down_proj.weight.detach().to(dtype, copy=True),
-        down_bias=bias(mlp.down_proj),
+        **linears,
     )
-
-
-def copy_rows(target: torch.Tensor, parts: list[torch.Tensor]) -> None:
-    """Write the row-concatenation of `parts` into `target` without building it."""
-    offset = 0
-    for part in parts:
-        target[offset : offset + part.shape[0]].copy_(part)
-        offset += part.shape[0]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -109,6 +141,7 @@ class PackedDecoder:
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
+        self.scale = self.head_dim**-0.5
         self.rotary = model.model.rotary_emb
         self.load_weights(model)
 
@@ -122,41 +155,22 @@ class PackedDecoder:
         self.final_norm = model.model.norm.weight.detach().to(self.dtype, copy=True)
         self.embed = model.get_input_embeddings().weight.detach().to(self.dtype, copy=True)
         head = model.get_output_embeddings()
-        tied = head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-        self.head = self.embed if tied else head.weight.detach().to(self.dtype, copy=True)
-        bias = getattr(head, "bias", None)
-        self.head_bias = None if bias is None else bias.detach().to(self.dtype, copy=True)
+        self.head = Linear(head.weight, getattr(head, "bias", None), self.dtype)
 
     def copy_weights(self, model) -> None:
         for packed, layer in zip(self.layers, model.model.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            copy_rows(packed.qkv, [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-            copy_rows(packed.gate_up, [mlp.gate_proj.weight, mlp.up_proj.weight])
-            if packed.qkv_bias is not None:
-                copy_rows(packed.qkv_bias, [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-            if packed.gate_up_bias is not None:
-                copy_rows(packed.gate_up_bias, [mlp.gate_proj.bias, mlp.up_proj.bias])
-            for target, source in [
-                (packed.input_norm, layer.input_layernorm.weight),
-                (packed.post_norm, layer.post_attention_layernorm.weight),
-                (packed.out, attn.o_proj.weight),
-                (packed.out_bias, attn.o_proj.bias),
-                (packed.down, mlp.down_proj.weight),
-                (packed.down_bias, mlp.down_proj.bias),
-            ]:
-                if target is not None:
-                    target.copy_(source)
+            for name, (weight, bias) in layer_linears(layer).items():
+                getattr(packed, name).load(weight, bias)
+            packed.input_norm.copy_(layer.input_layernorm.weight)
+            packed.post_norm.copy_(layer.post_attention_layernorm.weight)
         self.final_norm.copy_(model.model.norm.weight)
         self.embed.copy_(model.get_input_embeddings().weight)
         head = model.get_output_embeddings()
-        if self.head is not self.embed:
-            self.head.copy_(head.weight)
-        if self.head_bias is not None:
-            self.head_bias.copy_(head.bias)
+        self.head.load(head.weight, getattr(head, "bias", None))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head on the last positions only: [R, H] -> [R, V] float32."""
-        return F.linear(rms_norm(hidden, self.final_norm, self.eps), self.head, self.head_bias).float()
+        return self.head(rms_norm(hidden, self.final_norm, self.eps)).float()
 
     def rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         positions = torch.arange(length, device=self.embed.device).unsqueeze(0)  # [1, L]
@@ -177,38 +191,43 @@ class PackedDecoder:
         # Padding queries see themselves so that no softmax row is empty (their outputs are never used).
         attend = (causal & real[:, None, None, :]) | torch.eye(width, dtype=torch.bool, device=ids.device)
         rows = batch * n
-        shape = (rows, self.kv_heads, capacity, self.head_dim)
-        self.keys = [torch.empty(shape, device=ids.device) for _ in self.layers]  # float32 always
-        self.values = [torch.empty(shape, device=ids.device) for _ in self.layers]
+        # float32 always; keys stored transposed [R, kv, D, L] so that q @ K^T reads them row-major
+        key_shape = (rows, self.kv_heads, self.head_dim, capacity)
+        value_shape = (rows, self.kv_heads, capacity, self.head_dim)
+        self.keys = [torch.empty(key_shape, device=ids.device) for _ in self.layers]
+        self.values = [torch.empty(value_shape, device=ids.device) for _ in self.layers]
         hidden = F.embedding(ids, self.embed)  # [B, P, H]
         for index, layer in enumerate(self.layers):
             normed = rms_norm(hidden, layer.input_norm, self.eps)
             q, k, v = self.project_qkv(layer, normed, cos, sin)  # [B, heads | kv_heads, P, D]
-            self.keys[index][:, :, :width] = k.repeat_interleave(n, dim=0)
+            self.keys[index][..., :width] = k.transpose(-1, -2).repeat_interleave(n, dim=0)
             self.values[index][:, :, :width] = v.repeat_interleave(n, dim=0)
             attention = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, enable_gqa=True)
             attention = attention.transpose(1, 2).reshape(batch, width, -1)  # [B, P, heads * D]
             hidden = self.finish_layer(layer, hidden, attention)
         self.length = width
-        self.cache_mask = torch.ones(rows, capacity, dtype=torch.bool, device=ids.device)
-        self.cache_mask[:, :width] = real.repeat_interleave(n, dim=0)
+        # additive mask of the cache, 0 or -inf, one row per (row, KV head) like the batched scores
+        self.cache_bias = torch.zeros(rows, self.kv_heads, 1, capacity, device=ids.device)
+        padding = ~real.repeat_interleave(n, dim=0)[:, None, None, :].expand(-1, self.kv_heads, 1, -1)
+        self.cache_bias[..., :width].masked_fill_(padding, float("-inf"))
         self.next_position = mask.sum(1).repeat_interleave(n)  # [B*n]
         return self.logits(hidden[:, -1])
 
     def project_qkv(self, layer: PackedLayer, normed, cos, sin):
         """[R, L, H] -> rotated q [R, heads, L, D], rotated k and v [R, kv_heads, L, D]."""
         rows, length, _ = normed.shape
-        qkv = F.linear(normed, layer.qkv, layer.qkv_bias).float()  # attention runs in float32
+        qkv = layer.qkv(normed).float()  # attention runs in float32
         qkv = qkv.view(rows, length, -1, self.head_dim).transpose(1, 2)
-        q, k, v = qkv.split([self.heads, self.kv_heads, self.kv_heads], dim=1)
-        return rotate(q, cos, sin), rotate(k, cos, sin), v
+        qk, v = qkv.split([self.heads + self.kv_heads, self.kv_heads], dim=1)
+        q, k = rotate(qk, cos, sin).split([self.heads, self.kv_heads], dim=1)
+        return q, k, v
 
     def finish_layer(self, layer: PackedLayer, hidden, attention):
         """Output projection, residual, MLP (SwiGLU), residual."""
-        hidden = hidden + F.linear(attention.to(self.dtype), layer.out, layer.out_bias)
+        hidden = hidden + layer.out(attention.to(self.dtype))
         normed = rms_norm(hidden, layer.post_norm, self.eps)
-        gate, up = F.linear(normed, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
-        return hidden + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
+        gate, up = layer.gate_up(normed).chunk(2, dim=-1)
+        return hidden + layer.down(F.silu(gate) * up)
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -216,20 +235,23 @@ class PackedDecoder:
         rows, slot = tokens.shape[0], self.length
         positions = self.next_position.unsqueeze(1)  # [R, 1]
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [R, 1, 1, D]
-        attend = self.cache_mask[:, None, None, : slot + 1]  # [R, 1, 1, L]
-        group = self.heads // self.kv_heads
+        length, group = slot + 1, self.heads // self.kv_heads
+        bias = self.cache_bias.view(rows * self.kv_heads, 1, -1)[..., :length]  # [R kv, 1, L]
         hidden = F.embedding(tokens.unsqueeze(1), self.embed)  # [R, 1, H]
         for index, layer in enumerate(self.layers):
             normed = rms_norm(hidden, layer.input_norm, self.eps)
             q, k, v = self.project_qkv(layer, normed, cos, sin)
-            self.keys[index][:, :, slot : slot + 1] = k
-            self.values[index][:, :, slot : slot + 1] = v
+            self.keys[index][..., slot] = k[:, :, 0]
+            self.values[index][:, :, slot] = v[:, :, 0]
             # The G query heads of one KV head become G query rows: GQA without repeating K and V.
-            q = q.reshape(rows, self.kv_heads, group, self.head_dim)
-            keys = self.keys[index][:, :, : slot + 1]
-            values = self.values[index][:, :, : slot + 1]
-            attention = F.scaled_dot_product_attention(q, keys, values, attn_mask=attend)  # [R, kv, G, D]
-            hidden = self.finish_layer(layer, hidden, attention.reshape(rows, 1, -1))
+            q = q.reshape(rows * self.kv_heads, group, self.head_dim)
+            keys = self.keys[index].view(rows * self.kv_heads, self.head_dim, -1)[..., :length]
+            values = self.values[index].view(rows * self.kv_heads, -1, self.head_dim)[:, :length]
+            # (choice) batched matmuls rather than SDPA: for one query position SDPA's CPU kernel
+            # measured ~2.5x slower (359 vs 145 us a layer, 32 rows x 82 keys, 2 threads).
+            scores = torch.baddbmm(bias, q, keys, alpha=self.scale)  # [R kv, G, L]
+            attention = torch.bmm(scores.softmax(-1), values)  # [R kv, G, D]
+            hidden = self.finish_layer(layer, hidden, attention.view(rows, 1, -1))
         self.length += 1
         self.next_position = self.next_position + 1
         return self.logits(hidden[:, 0])
@@ -238,7 +260,7 @@ class PackedDecoder:
         """Drop finished rows from the cache (compaction), keeping `rows` in this order."""
         self.keys = [k[rows] for k in self.keys]
         self.values = [v[rows] for v in self.values]
-        self.cache_mask = self.cache_mask[rows]
+        self.cache_bias = self.cache_bias[rows]
         self.next_position = self.next_position[rows]
 
     def release(self) -> None:

@@ -40,24 +40,39 @@ def sample_tokens(
     log-prob is that of the unwarped softmax, which is what the `hf` backend reports for greedy.
     """
     if temperature == 0:
-        log_probs = torch.log_softmax(logits.float(), dim=-1)  # [R, V]
-        tokens = logits.argmax(dim=-1)  # [R]
-    else:
-        log_probs = torch.log_softmax(warp_logits(logits, temperature, top_k, top_p), dim=-1)  # [R, V]
-        tokens = inverse_cdf_sample(log_probs.exp(), generator)  # [R]
-    return tokens, log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        scores = logits.float()
+        tokens = scores.argmax(dim=-1)  # [R]
+        chosen = scores.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        return tokens, chosen - torch.logsumexp(scores, dim=-1)
+    probs = torch.softmax(warp_logits(logits, temperature, top_k, top_p), dim=-1)  # [R, V], one fused pass
+    tokens = inverse_cdf_sample(probs, generator)  # [R]
+    return tokens, probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).log()
+
+
+BLOCK = 256  # vocabulary block of the two-level inverse CDF
 
 
 def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One draw per row of `probs` [R, V]: the first token whose cumulative probability exceeds u*total.
 
     (choice) Not torch.multinomial: on CPU it measured ~20x slower for [32, 49152] (77 ms vs 4 ms).
-    Tokens of probability zero are never drawn (their cumulative sum equals the previous one's).
+    Two levels instead of one cumulative sum over the vocabulary (a sequential scan, the slowest pass
+    of the sampler): sums of blocks of 256 tokens, the cumulative sum over blocks picks the block, and
+    a cumulative sum within that block picks the token. Same distribution, one read of `probs`.
+    Tokens of probability zero are never drawn.
     """
-    cumulative = probs.cumsum(dim=-1)  # [R, V]
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * cumulative[:, -1:]  # [R, 1]
-    tokens = torch.searchsorted(cumulative, u, right=True).squeeze(-1)  # [R]
-    overflow = tokens >= probs.shape[-1]  # float rounding can put u at the very end
-    if overflow.any():
-        tokens = torch.where(overflow, probs.argmax(dim=-1), tokens)
-    return tokens
+    rows, vocab = probs.shape
+    blocks = -(-vocab // BLOCK)
+    if blocks * BLOCK != vocab:
+        probs = torch.nn.functional.pad(probs, (0, blocks * BLOCK - vocab))
+    tiles = probs.view(rows, blocks, BLOCK)
+    block_cumulative = tiles.sum(-1).cumsum(-1)  # [R, blocks]
+    u = torch.rand(rows, 1, generator=generator, device=probs.device) * block_cumulative[:, -1:]  # [R, 1]
+    block = torch.searchsorted(block_cumulative, u, right=True).clamp_(max=blocks - 1)  # [R, 1]
+    before = torch.where(block > 0, block_cumulative.gather(1, (block - 1).clamp(min=0)), 0.0)  # [R, 1]
+    inside = tiles[torch.arange(rows, device=probs.device), block.squeeze(1)]  # [R, BLOCK]
+    within = torch.searchsorted(before + inside.cumsum(-1), u, right=True)  # [R, 1]
+    # float rounding can put u past the block's last token: take the block's last non-zero token then
+    last_nonzero = (inside > 0) * torch.arange(1, BLOCK + 1, device=probs.device)
+    within = torch.minimum(within, last_nonzero.argmax(-1, keepdim=True))
+    return (block * BLOCK + within).squeeze(1)
