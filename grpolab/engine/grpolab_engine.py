@@ -94,8 +94,9 @@ class GrpolabEngine:
             for step in range(steps):
                 live = alive.nonzero().squeeze(1)
                 chosen, chosen_logprobs = sample_tokens(
-                    logits[live], params.temperature, params.top_k, params.top_p, generator
-                )
+                    logits if live.numel() == logits.shape[0] else logits[live],
+                    params.temperature, params.top_k, params.top_p, generator,
+                )  # fmt: skip
                 targets = batch_rows[live]
                 tokens[targets, step] = chosen.cpu()
                 logprobs[targets, step] = chosen_logprobs.float().cpu()
