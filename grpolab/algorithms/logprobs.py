@@ -147,18 +147,18 @@ class SelectedLogprobs(torch.autograd.Function):
                 if with_entropy:  # H = lse - sum_v p_v z_v, p = exp(z - lse)
                     probs = (logits - lse[rows, None]).exp_()
                     entropy[rows] = lse[rows] - torch.linalg.vecdot(probs, logits)
-        ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.temperature, ctx.compute_dtype = temperature, compute_dtype
+        # the compute-dtype copy of the weight is kept for backward (one cast per pass, not two)
+        ctx.save_for_backward(hidden, w, targets, lse)
+        ctx.temperature, ctx.compute_dtype, ctx.weight_dtype = temperature, compute_dtype, weight.dtype
         ctx.mark_non_differentiable(entropy)
         return logprobs, entropy
 
     @staticmethod
     def backward(ctx, grad_logprobs, grad_entropy):
-        hidden, weight, targets, lse = ctx.saved_tensors
+        hidden, w, targets, lse = ctx.saved_tensors
         dtype, temperature = ctx.compute_dtype, ctx.temperature
-        w = weight.to(dtype)
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        grad_weight = None  # [V, H] float32, started by the first chunk (no zero-filled buffer)
         with torch.autocast(hidden.device.type, enabled=False):
             for rows in chunks(hidden.shape[0], LOGIT_CHUNK_TOKENS):
                 h = (hidden[rows] / temperature).to(dtype)  # z = (h / temperature) W^T
@@ -172,10 +172,11 @@ class SelectedLogprobs(torch.autograd.Function):
                     grad_z[part] = grad.scatter_add_(-1, targets[rows][part, None], g)
                 if grad_hidden is not None:
                     grad_hidden[rows] = (grad_z @ w).div_(temperature).to(hidden.dtype)
-                if grad_weight is not None:
-                    grad_weight += (grad_z.T @ h).float()
+                if ctx.needs_input_grad[1]:
+                    chunk_grad = grad_z.T @ h
+                    grad_weight = chunk_grad.float() if grad_weight is None else grad_weight.add_(chunk_grad)
         if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
+            grad_weight = grad_weight.to(ctx.weight_dtype)
         return grad_hidden, grad_weight, None, None, None, None
 
 
