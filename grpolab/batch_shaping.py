@@ -237,7 +237,7 @@ def shape_batch(
     """Loss mask, old and reference log-probs, and advantages for one rollout batch. `batch_wide(f, *rows)` applies
     f to the rows of the whole batch when it is split between processes (grpolab/distributed.py)."""
     batch_wide = batch_wide or (lambda function, *tensors: function(*tensors))
-    grpo, size, temperature = config.grpo, config.train.micro_batch_size, config.rollout.temperature
+    grpo, size, temperature = config.grpo, config.train.scoring_batch_size, config.rollout.temperature
     share = (config.train.share_prompts, config.train.micro_batch_tokens)
     old_logprobs = ref_logprobs = None
     if grpo.mu > 1 or grpo.kl_in_reward:  # fixed for the mu passes; with mu = 1 the pass uses its own

@@ -48,6 +48,9 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     micro_batch_size: int = 16
     micro_batch_tokens: int = 0  # > 0: micro-batches by padded-token budget instead of micro_batch_size rows
+    # rows per no-gradient scoring pass (reference / old-policy log-probs): these keep no activations for a
+    # backward pass, so they can be larger than micro_batch_size (one 32-row pass measured ~15% faster than 4 x 8)
+    scoring_batch_size: int = 64
     share_prompts: bool = True  # one prompt pass per micro-batch, its keys / values shared by its completions
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     save_every: int = 25
@@ -177,6 +180,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.max_grad_norm": (lambda v: v > 0, "a float > 0"),
     "train.micro_batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "train.micro_batch_tokens": (lambda v: v >= 0, "an integer >= 0 (0: micro_batch_size rows)"),
+    "train.scoring_batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "train.save_every": (lambda v: v >= 0, "an integer >= 0 (0 saves no checkpoints)"),
     "train.keep_checkpoints": (lambda v: v >= 1, "an integer >= 1"),
     "train.max_minutes": (lambda v: v >= 0, "a float >= 0 (0: no time budget)"),

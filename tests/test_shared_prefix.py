@@ -85,3 +85,23 @@ def test_token_budget_micro_batches_cover_every_row_within_the_budget():
         assert any(len(rows) > 2 for rows, _ in parts)  # short rows: more than micro_batch_size together
     one_each = list(micro_batches(batch, 2, max_tokens=1))  # a budget below one row still makes progress
     assert len(one_each) == 12
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_scoring_batch_size_does_not_change_the_log_probs(share):
+    """`train.scoring_batch_size` only regroups the no-gradient passes (reference / old policy)."""
+    from dataclasses import replace
+
+    from grpolab.batch_shaping import batch_logprobs
+
+    torch.manual_seed(0)
+    model = tiny_model("llama").float()
+    batch = rollout([4, 2, 3, 1, 4, 4], group_size=3)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    batch = replace(batch, completion_ids=torch.randint(1, vocab, batch.completion_ids.shape))
+    cpu = torch.device("cpu")
+    outs = [batch_logprobs(model, batch, size, 0.9, False, cpu, share_prompts=share) for size in (1, 3, 64)]
+    mask = batch.completion_mask.bool()
+    for out in outs[1:]:
+        assert torch.allclose(out[mask], outs[0][mask], atol=1e-5)
+        assert (out[~mask] == 0).all()
