@@ -21,10 +21,10 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 
 from grpolab.algorithms.logprobs import completion_logprobs
 from grpolab.engine import SamplingParams, make_engine
-from grpolab.engine.decoder import PackedDecoder
+from grpolab.engine.decoder import Linear, PackedDecoder, onednn_prepacks
 from grpolab.engine.grpolab_engine import GrpolabEngine
 from grpolab.engine.hf import HFEngine, left_pad
-from grpolab.engine.sampling import warp_logits
+from grpolab.engine.sampling import inverse_cdf_sample, warp_logits
 from grpolab.models import build_tiny_tokenizer
 from grpolab.rollout import right_pad
 
@@ -260,3 +260,32 @@ def test_smollm2_greedy_matches_generate_except_at_near_ties():
         top = logits.topk(2).values
         assert (top[0] - top[1]).item() < 1e-3, f"not a near-tie at token {first}: margin {top[0] - top[1]}"
     assert differing <= len(prompts) // 8
+
+
+def test_two_level_sampler_draws_the_distribution_and_never_a_zero_token():
+    """Vocabulary of 1000 (not a multiple of the 256-token block), zeros inside and across blocks."""
+    torch.manual_seed(3)
+    probs = torch.softmax(torch.randn(1000) * 2, -1)
+    probs[250:520] = 0  # a zero run across a block boundary
+    probs[700:] = 0
+    probs /= probs.sum()
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.cat([inverse_cdf_sample(probs.repeat(2000, 1), generator) for _ in range(20)])
+    counts = torch.bincount(draws, minlength=1000).float()
+    assert counts[probs == 0].sum() == 0
+    expected = probs * draws.numel()
+    big = expected >= 5
+    statistic = ((counts[big] - expected[big]) ** 2 / expected[big]).sum().item()
+    assert statistic < chi_square_threshold(int(big.sum()) - 1)
+
+
+@pytest.mark.skipif(not onednn_prepacks(torch.bfloat16, torch.device("cpu")), reason="no oneDNN bf16 on this CPU")
+def test_prepacked_bf16_linear_equals_f_linear_and_reloads():
+    torch.manual_seed(0)
+    weight, bias, x = torch.randn(40, 24), torch.randn(40), torch.randn(2, 5, 24).bfloat16()
+    linear = Linear(weight, bias, torch.bfloat16)
+    assert linear.prepacked
+    assert torch.equal(linear(x), torch.nn.functional.linear(x, weight.bfloat16(), bias.bfloat16()))
+    other = torch.randn(40, 24)
+    linear.load(other, None)
+    assert torch.equal(linear(x), torch.nn.functional.linear(x, other.bfloat16()))

@@ -151,15 +151,19 @@ class PackedDecoder:
 
     @torch.no_grad()
     def load_weights(self, model) -> None:
-        """(Re)pack the model's current weights in the engine dtype; a tied head shares the embedding copy.
-        After the first call the packed tensors are overwritten in place (no new allocation per step)."""
+        """(Re)pack the model's current weights in the engine dtype. A tied head shares the embedding copy
+        unless its weight is prepacked. After the first call plain tensors are overwritten in place (no new
+        allocation per step); prepacked ones are reordered anew."""
         if getattr(self, "layers", None):
             return self.copy_weights(model)
         self.layers = [pack_layer(layer, self.dtype) for layer in model.model.layers]
         self.final_norm = model.model.norm.weight.detach().to(self.dtype, copy=True)
         self.embed = model.get_input_embeddings().weight.detach().to(self.dtype, copy=True)
         head = model.get_output_embeddings()
-        self.head = Linear(head.weight, getattr(head, "bias", None), self.dtype)
+        self.tied = head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+        self.head = Linear(self.embed if self.tied else head.weight, getattr(head, "bias", None), self.dtype)
+        if self.tied and not self.head.prepacked:
+            self.head.weight = self.embed  # one copy of the tied matrix
 
     def copy_weights(self, model) -> None:
         for packed, layer in zip(self.layers, model.model.layers):
@@ -170,7 +174,11 @@ class PackedDecoder:
         self.final_norm.copy_(model.model.norm.weight)
         self.embed.copy_(model.get_input_embeddings().weight)
         head = model.get_output_embeddings()
-        self.head.load(head.weight, getattr(head, "bias", None))
+        if self.tied and not self.head.prepacked:  # the head's weight is self.embed, refreshed above
+            self.head.weight = self.embed
+            self.head.bias = None if head.bias is None else head.bias.detach().to(self.dtype, copy=True)
+        else:
+            self.head.load(head.weight, getattr(head, "bias", None))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head on the last positions only: [R, H] -> [R, V] float32."""
