@@ -66,9 +66,13 @@ def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None) -
     if blocks * BLOCK != vocab:
         probs = torch.nn.functional.pad(probs, (0, blocks * BLOCK - vocab))
     tiles = probs.view(rows, blocks, BLOCK)
-    block_cumulative = tiles.sum(-1).cumsum(-1)  # [R, blocks]
+    block_sums = tiles.sum(-1)  # [R, blocks]
+    block_cumulative = block_sums.cumsum(-1)
     u = torch.rand(rows, 1, generator=generator, device=probs.device) * block_cumulative[:, -1:]  # [R, 1]
-    block = torch.searchsorted(block_cumulative, u, right=True).clamp_(max=blocks - 1)  # [R, 1]
+    block = torch.searchsorted(block_cumulative, u, right=True)  # [R, 1]
+    # float rounding can put u at the very end: take the last block with mass then
+    last_block = ((block_sums > 0) * torch.arange(1, blocks + 1, device=probs.device)).argmax(-1, keepdim=True)
+    block = torch.minimum(block, last_block)
     before = torch.where(block > 0, block_cumulative.gather(1, (block - 1).clamp(min=0)), 0.0)  # [R, 1]
     inside = tiles[torch.arange(rows, device=probs.device), block.squeeze(1)]  # [R, BLOCK]
     within = torch.searchsorted(before + inside.cumsum(-1), u, right=True)  # [R, 1]
