@@ -3,10 +3,13 @@ gathered to its completions. Log-probs and gradients must equal the plain pass o
 for every architecture the engine supports, and the trainer's micro-batches must keep a prompt's rows
 together."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from grpolab.algorithms import logprobs as lp
+from grpolab.batch_shaping import batch_logprobs
 from grpolab.rollout import RolloutBatch, micro_batches
 from tests.test_engine import tiny_model
 
@@ -90,10 +93,6 @@ def test_token_budget_micro_batches_cover_every_row_within_the_budget():
 @pytest.mark.parametrize("share", [True, False])
 def test_scoring_batch_size_does_not_change_the_log_probs(share):
     """`train.scoring_batch_size` only regroups the no-gradient passes (reference / old policy)."""
-    from dataclasses import replace
-
-    from grpolab.batch_shaping import batch_logprobs
-
     torch.manual_seed(0)
     model = tiny_model("llama").float()
     batch = rollout([4, 2, 3, 1, 4, 4], group_size=3)

@@ -4,8 +4,8 @@ preallocated KV cache, driven without transformers' per-step machinery.
 Why a custom path: on a 2-core CPU, transformers' forward spends a large share of each decode step
 in Python (mask building, cache bookkeeping, repeat_kv copies of the grouped KV heads, per-module
 hooks). Here each layer is a handful of tensor ops: one fused QKV matmul, one fused gate/up matmul,
-and grouped-query attention computed without copying the KV heads (the G query heads that share a KV
-head are laid out as G query rows of one SDPA call). The weights are packed copies in the engine's
+and grouped-query attention computed without copying the KV heads (in decode, the G query heads that
+share a KV head are laid out as G query rows of one batched matmul). The weights are packed copies in the engine's
 dtype, refreshed by `load_weights` after each optimizer step (bf16 weights prepacked for oneDNN on
 CPU). Decode attention is two batched matmuls over a cache with transposed keys. Rotary tables come
 from the model's own rotary module, so every rope variant it implements without length dependence
@@ -60,18 +60,22 @@ class Linear:
 
     ROWS_HINT = 32  # the batch size oneDNN's weight layout is chosen for: GRPO's n x prompts
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype):
+    def __init__(self, weight, bias, dtype: torch.dtype, storage: torch.Tensor | None = None):
+        """`storage`: a plain tensor in `dtype` to hold the weight, shared with its owner (a tied head's
+        embedding copy); ignored when the weight is prepacked."""
         self.dtype = dtype
         self.prepacked = onednn_prepacks(dtype, weight.device)
+        self.weight = None if self.prepacked else storage
         self.load(weight, bias)
 
     def load(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         """(Re)load from the model: a prepacked weight is reordered anew, a plain one copied in place."""
         self.bias = None if bias is None else bias.detach().to(self.dtype, copy=True)
         if self.prepacked:
+            self.weight = None  # free the old layout before building the new one
             plain = weight.detach().to(self.dtype).contiguous()
             self.weight = torch.ops.mkldnn._reorder_linear_weight(plain, self.ROWS_HINT)
-        elif getattr(self, "weight", None) is not None:
+        elif self.weight is not None:
             self.weight.copy_(weight)
         else:
             self.weight = weight.detach().to(self.dtype, copy=True)
@@ -142,16 +146,15 @@ class PackedDecoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
         self.scale = self.head_dim**-0.5
-        # (choice) the KV cache and attention scores in the engine dtype: with bf16 weights a bf16 cache
+        # (choice) the KV cache and attention scores are in the engine dtype: with bf16 weights a bf16 cache
         # halves the bytes each decode step reads (measured 8-17% faster per call than float32, 2 threads);
         # the softmax is computed in float32 and rotary embedding stays float32.
-        self.kv_dtype = dtype
         self.rotary = model.model.rotary_emb
         self.load_weights(model)
 
     @torch.no_grad()
     def load_weights(self, model) -> None:
-        """(Re)pack the model's current weights in the engine dtype. A tied head shares the embedding copy
+        """(Re)pack the model's current weights in the engine dtype; a tied head shares the embedding copy
         unless its weight is prepacked. After the first call plain tensors are overwritten in place (no new
         allocation per step); prepacked ones are reordered anew."""
         if getattr(self, "layers", None):
@@ -160,10 +163,8 @@ class PackedDecoder:
         self.final_norm = model.model.norm.weight.detach().to(self.dtype, copy=True)
         self.embed = model.get_input_embeddings().weight.detach().to(self.dtype, copy=True)
         head = model.get_output_embeddings()
-        self.tied = head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-        self.head = Linear(self.embed if self.tied else head.weight, getattr(head, "bias", None), self.dtype)
-        if self.tied and not self.head.prepacked:
-            self.head.weight = self.embed  # one copy of the tied matrix
+        tied = head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+        self.head = Linear(head.weight, getattr(head, "bias", None), self.dtype, self.embed if tied else None)
 
     def copy_weights(self, model) -> None:
         for packed, layer in zip(self.layers, model.model.layers):
@@ -172,13 +173,10 @@ class PackedDecoder:
             packed.input_norm.copy_(layer.input_layernorm.weight)
             packed.post_norm.copy_(layer.post_attention_layernorm.weight)
         self.final_norm.copy_(model.model.norm.weight)
-        self.embed.copy_(model.get_input_embeddings().weight)
+        if self.head.weight is not self.embed:  # else the head's load below refreshes the shared copy
+            self.embed.copy_(model.get_input_embeddings().weight)
         head = model.get_output_embeddings()
-        if self.tied and not self.head.prepacked:  # the head's weight is self.embed, refreshed above
-            self.head.weight = self.embed
-            self.head.bias = None if head.bias is None else head.bias.detach().to(self.dtype, copy=True)
-        else:
-            self.head.load(head.weight, getattr(head, "bias", None))
+        self.head.load(head.weight, getattr(head, "bias", None))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head on the last positions only: [R, H] -> [R, V] float32."""
@@ -206,8 +204,8 @@ class PackedDecoder:
         # keys stored transposed [R, kv, D, L] so that q @ K^T reads them row-major
         key_shape = (rows, self.kv_heads, self.head_dim, capacity)
         value_shape = (rows, self.kv_heads, capacity, self.head_dim)
-        self.keys = [torch.empty(key_shape, device=ids.device, dtype=self.kv_dtype) for _ in self.layers]
-        self.values = [torch.empty(value_shape, device=ids.device, dtype=self.kv_dtype) for _ in self.layers]
+        self.keys = [torch.empty(key_shape, device=ids.device, dtype=self.dtype) for _ in self.layers]
+        self.values = [torch.empty(value_shape, device=ids.device, dtype=self.dtype) for _ in self.layers]
         hidden = F.embedding(ids, self.embed)  # [B, P, H]
         for index, layer in enumerate(self.layers):
             normed = rms_norm(hidden, layer.input_norm, self.eps)
@@ -219,7 +217,7 @@ class PackedDecoder:
             hidden = self.finish_layer(layer, hidden, attention)
         self.length = width
         # additive mask of the cache, 0 or -inf, one row per (row, KV head) like the batched scores
-        self.cache_bias = torch.zeros(rows, self.kv_heads, 1, capacity, device=ids.device, dtype=self.kv_dtype)
+        self.cache_bias = torch.zeros(rows, self.kv_heads, 1, capacity, device=ids.device, dtype=self.dtype)
         padding = ~real.repeat_interleave(n, dim=0)[:, None, None, :].expand(-1, self.kv_heads, 1, -1)
         self.cache_bias[..., :width].masked_fill_(padding, float("-inf"))
         self.next_position = mask.sum(1).repeat_interleave(n)  # [B*n]
@@ -228,7 +226,7 @@ class PackedDecoder:
     def project_qkv(self, layer: PackedLayer, normed, cos, sin):
         """[R, L, H] -> rotated q [R, heads, L, D], rotated k and v [R, kv_heads, L, D]."""
         rows, length, _ = normed.shape
-        qkv = layer.qkv(normed).float()  # attention runs in float32
+        qkv = layer.qkv(normed).float()  # rotary embedding runs in float32
         qkv = qkv.view(rows, length, -1, self.head_dim).transpose(1, 2)
         qk, v = qkv.split([self.heads + self.kv_heads, self.kv_heads], dim=1)
         q, k = rotate(qk, cos, sin).split([self.heads, self.kv_heads], dim=1)
@@ -256,13 +254,13 @@ class PackedDecoder:
             self.keys[index][..., slot] = k[:, :, 0]
             self.values[index][:, :, slot] = v[:, :, 0]
             # The G query heads of one KV head become G query rows: GQA without repeating K and V.
-            q = q.reshape(rows * self.kv_heads, group, self.head_dim).to(self.kv_dtype)
+            q = q.reshape(rows * self.kv_heads, group, self.head_dim).to(self.dtype)
             keys = self.keys[index].view(rows * self.kv_heads, self.head_dim, -1)[..., :length]
             values = self.values[index].view(rows * self.kv_heads, -1, self.head_dim)[:, :length]
             # (choice) batched matmuls rather than SDPA: for one query position SDPA's CPU kernel
             # measured ~2.5x slower (359 vs 145 us a layer, 32 rows x 82 keys, 2 threads).
             scores = torch.baddbmm(bias, q, keys, alpha=self.scale)  # [R kv, G, L]
-            attention = torch.bmm(scores.softmax(-1, dtype=torch.float32).to(self.kv_dtype), values)  # [R kv, G, D]
+            attention = torch.bmm(scores.softmax(-1, dtype=torch.float32).to(self.dtype), values)  # [R kv, G, D]
             hidden = self.finish_layer(layer, hidden, attention.view(rows, 1, -1))
         self.length += 1
         self.next_position = self.next_position + 1

@@ -69,14 +69,17 @@ def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None) -
     block_sums = tiles.sum(-1)  # [R, blocks]
     block_cumulative = block_sums.cumsum(-1)
     u = torch.rand(rows, 1, generator=generator, device=probs.device) * block_cumulative[:, -1:]  # [R, 1]
-    block = torch.searchsorted(block_cumulative, u, right=True)  # [R, 1]
     # float rounding can put u at the very end: take the last block with mass then
-    last_block = ((block_sums > 0) * torch.arange(1, blocks + 1, device=probs.device)).argmax(-1, keepdim=True)
-    block = torch.minimum(block, last_block)
+    block = torch.minimum(torch.searchsorted(block_cumulative, u, right=True), last_positive(block_sums))  # [R, 1]
     before = torch.where(block > 0, block_cumulative.gather(1, (block - 1).clamp(min=0)), 0.0)  # [R, 1]
     inside = tiles[torch.arange(rows, device=probs.device), block.squeeze(1)]  # [R, BLOCK]
     within = torch.searchsorted(before + inside.cumsum(-1), u, right=True)  # [R, 1]
     # float rounding can put u past the block's last token: take the block's last non-zero token then
-    last_nonzero = (inside > 0) * torch.arange(1, BLOCK + 1, device=probs.device)
-    within = torch.minimum(within, last_nonzero.argmax(-1, keepdim=True))
+    within = torch.minimum(within, last_positive(inside))
     return (block * BLOCK + within).squeeze(1)
+
+
+def last_positive(values: torch.Tensor) -> torch.Tensor:
+    """Index of the last entry > 0 along the last dimension, [..., 1] (0 where there is none)."""
+    ranks = torch.arange(1, values.shape[-1] + 1, device=values.device)
+    return ((values > 0) * ranks).argmax(-1, keepdim=True)
