@@ -206,6 +206,19 @@ class Parallel:
             dist.destroy_process_group()
 
 
+def leave_worker() -> None:
+    """End a torchrun worker whose run finished and was written: flush and `os._exit(0)`, skipping interpreter
+    finalisation. gloo's threads (gloo_tcp_loop, pt_gloo_runloop) are still running after destroy_process_group
+    (seen in /proc/self/task at exit), and tearing the interpreter down around them occasionally aborted a rank
+    (SIGABRT, "terminate called without an active exception") after a complete run: a failed exit for a
+    finished job. Nothing is left to finalise here: the trainer closed its files, trackers and reward workers."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def init(config: Config) -> Parallel:
     """Join torchrun's process group when launched by it; otherwise one process, no group."""
     if not launched_by_torchrun():

@@ -56,7 +56,7 @@ def launch_torchrun(nproc: int, args) -> None:
 
 def run(args) -> int:
     from grpolab.config import ConfigError, load_config
-    from grpolab.distributed import check_world, launched_by_torchrun
+    from grpolab.distributed import check_world, launched_by_torchrun, leave_worker
     from grpolab.trainer import train
 
     path, overrides = split_config_args(args.args)
@@ -76,4 +76,6 @@ def run(args) -> int:
         check_world(config, args.nproc)  # refused here in one line, not once per process
         launch_torchrun(args.nproc, args)
     train(config)
+    if launched_by_torchrun():
+        leave_worker()
     return 0
