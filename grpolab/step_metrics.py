@@ -50,6 +50,8 @@ def step_metrics(step, batch, stats, trainer_logprobs, grad_norm, scheduler, tim
         "learning_rate": scheduler.get_last_lr()[0],
         "completion_len_mean": lengths.mean().item(),
         "truncated_frac": sum(c.finish_reason == "length" for c in batch.completions) / len(batch.completions),
+        "rollout_weight_mean": stats.get("rollout_weight_mean", 1.0),
+        "rollout_weight_capped_frac": stats.get("rollout_weight_capped_frac", 0.0),
         "logprob_mismatch": ((batch.sampling_logprobs - trainer_logprobs).abs() * mask).sum().item()
         / max(1.0, mask.sum().item()),
         "step_seconds": seconds,

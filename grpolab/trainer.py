@@ -88,8 +88,9 @@ def optimisation_pass(policy, batch, shaped, config: Config, bf16: bool, on, par
             ref = None if ref_logprobs is None else ref_logprobs[rows, :width].to(on)
             row_advantages = advantages[rows, : width if advantages.shape[1] > 1 else 1].to(on)
             row_mask = mask[rows, :width].to(on)
+            sampling = batch.sampling_logprobs[rows, :width].to(on)
             loss, stats = grpo_loss(
-                logprobs, old, ref, row_advantages, row_mask, config.grpo, normalisers, entropy.float()
+                logprobs, old, ref, row_advantages, row_mask, config.grpo, normalisers, entropy.float(), sampling
             )
             # DDP and FSDP average the ranks' gradients; the loss is a sum over the whole batch's ranks
             (loss * parallel.world_size if parallel.active else loss).backward()

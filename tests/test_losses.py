@@ -9,7 +9,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grpolab.algorithms.losses import aggregate, clipped_surrogate, kl_k1, kl_k2, kl_k3, sequence_ratio, token_ratio
+from grpolab.algorithms.losses import (
+    aggregate,
+    clipped_surrogate,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    rollout_weights,
+    sequence_ratio,
+    token_ratio,
+)
 from grpolab.algorithms.objective import Normalisers, grpo_loss
 
 LN2 = math.log(2)
@@ -25,6 +34,8 @@ def knobs(**changes):
         kl_in_reward=False,
         aggregation="sequence",
         entropy_coef=0.0,
+        rollout_correction="none",
+        rollout_cap=2.0,
     )
     return SimpleNamespace(**{**base, **changes})
 
@@ -171,3 +182,36 @@ def test_entropy_bonus_is_a_token_mean():
     base, _ = grpo_loss(logprobs, old, None, advantages, mask, knobs(), normalisers, entropy)
     bonus, _ = grpo_loss(logprobs, old, None, advantages, mask, knobs(entropy_coef=0.1), normalisers, entropy)
     assert (base - bonus).item() == pytest.approx(0.1 * ((entropy * mask).sum() / mask.sum()).item())
+
+
+def test_rollout_weights_by_hand():
+    old = torch.tensor([[-1.0, -2.0, -3.0]])
+    sampling = torch.tensor([[-1.5, -1.0, 0.0]])  # the third token is padding
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    token = rollout_weights(old, sampling, mask, "token", cap=1.5)
+    torch.testing.assert_close(token, torch.tensor([[1.5, math.exp(-1.0), 1.0]]))  # e^0.5 = 1.65 capped at 1.5
+    sequence = rollout_weights(old, sampling, mask, "sequence", cap=2.0)
+    torch.testing.assert_close(sequence, torch.tensor([[math.exp(-0.5)]]))  # e^(0.5 - 1), padding left out
+    assert not rollout_weights(old.requires_grad_(True), sampling, mask, "token", 2.0).requires_grad
+
+
+def test_rollout_correction_weights_each_token_loss():
+    """On-policy (mu = 1): the gradient on token t is w_t times the uncorrected one, w_t = min(pi_old / pi_sampling,
+    cap); a sampling distribution equal to pi_old changes nothing."""
+    logprobs, _, ref, advantages, mask, _ = random_rollout(3, 3, 4)
+    normalisers = Normalisers(3, float(mask.sum()), 4)
+    sampling = logprobs + 0.3 * torch.randn(logprobs.shape, generator=torch.Generator().manual_seed(5))
+    gradients, losses = {}, {}
+    for name, grpo, sampled in [
+        ("plain", knobs(beta=0.04), None),
+        ("same", knobs(beta=0.04, rollout_correction="token"), logprobs),
+        ("token", knobs(beta=0.04, rollout_correction="token", rollout_cap=1.2), sampling),
+    ]:
+        leaf = logprobs.clone().requires_grad_(True)
+        losses[name], stats = grpo_loss(leaf, leaf.detach(), ref, advantages, mask, grpo, normalisers, None, sampled)
+        losses[name].backward()
+        gradients[name] = leaf.grad
+    torch.testing.assert_close(gradients["same"], gradients["plain"])
+    weights = torch.exp(logprobs - sampling).clamp(max=1.2)
+    torch.testing.assert_close(gradients["token"], weights * gradients["plain"])
+    assert 0 < stats["rollout_weight_capped_frac"] < 1

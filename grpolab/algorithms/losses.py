@@ -62,6 +62,23 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
+def rollout_weights(
+    old_logprobs: torch.Tensor, sampling_logprobs: torch.Tensor, mask: torch.Tensor, level: str, cap: float
+) -> torch.Tensor:
+    """Truncated importance weights for a rollout sampled by another computation of pi_old (the engine's bf16
+    kernels, vLLM) than the trainer's; the per-token loss is multiplied by them (detached).
+    (choice: beyond ALGORITHMS.md, which assumes the samples come from pi_old exactly)
+      token (TIS, Yao et al. 2025):  w_{i,t} = min(pi_old / pi_sampling, cap)               [B, T]
+      sequence:                      w_i = min(prod_t pi_old / pi_sampling over o_i, cap)    [B, 1]
+    """
+    log_ratio = (old_logprobs - sampling_logprobs).detach() * mask  # [B, T]; 0 on padding
+    if level == "sequence":
+        log_ratio = log_ratio.sum(dim=1, keepdim=True)  # [B, 1]
+    elif level != "token":
+        raise ValueError(f"unknown rollout correction level {level!r}")
+    return torch.exp(log_ratio).clamp(max=cap)
+
+
 def aggregate(
     token_loss: torch.Tensor,
     mask: torch.Tensor,

@@ -1,6 +1,9 @@
 """The GRPO objective for one micro-batch, composed from the pure pieces in `losses.py`.
 
-    L = aggregate( clipped_surrogate(ratio, A) + beta * KL(pi_theta || pi_ref) ) - c * mean token entropy
+    L = aggregate( w * (clipped_surrogate(ratio, A) + beta * KL(pi_theta || pi_ref)) ) - c * mean token entropy
+
+w is 1, or the truncated importance weight pi_old / pi_sampling of a rollout engine whose log-probs differ from
+the trainer's (`grpo.rollout_correction`, `losses.rollout_weights`).
 
 Each knob is a separate field of `GRPOConfig`: ratio level (token / GSPO sequence), eps_low / eps_high,
 KL estimator and beta, aggregation, entropy coefficient. The KL is in the loss, as in GRPO
@@ -21,6 +24,7 @@ from grpolab.algorithms.losses import (
     aggregate,
     clipped_surrogate,
     masked_mean,
+    rollout_weights,
     sequence_ratio,
     token_ratio,
 )
@@ -44,6 +48,7 @@ def grpo_loss(
     grpo,  # GRPOConfig
     normalisers: Normalisers,
     entropy: torch.Tensor | None = None,  # [B, T]
+    sampling_logprobs: torch.Tensor | None = None,  # [B, T] the rollout engine's; None: no rollout correction
 ):
     """Returns (loss, stats); stats are detached micro-batch means for logging."""
     mask = mask.to(logprobs.dtype)
@@ -61,6 +66,12 @@ def grpo_loss(
         if not grpo.kl_in_reward:
             token_loss = token_loss + grpo.beta * kl
         stats["kl"] = masked_mean(kl.detach(), mask).item()
+    if sampling_logprobs is not None and grpo.rollout_correction != "none":
+        weights = rollout_weights(old_logprobs, sampling_logprobs, mask, grpo.rollout_correction, grpo.rollout_cap)
+        token_loss = token_loss * weights  # the samples came from the engine: weight to pi_old (surrogate and KL)
+        token_weights = weights.expand_as(mask)
+        stats["rollout_weight_mean"] = masked_mean(token_weights, mask).item()
+        stats["rollout_weight_capped_frac"] = masked_mean((token_weights >= grpo.rollout_cap).float(), mask).item()
     loss = aggregate(
         token_loss, mask, grpo.aggregation, normalisers.num_sequences, normalisers.num_tokens, normalisers.max_length
     )
