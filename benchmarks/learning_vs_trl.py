@@ -2,8 +2,9 @@
 
 Runs `grpolab bench step --vs trl --warmup 0 --steps N --curve` once per seed (each side in its own process,
 the same prompts in the same order, the configuration of issue 7 unless overridden), then writes the two
-curves and a verdict: the per-step difference grpolab - TRL, averaged over steps and seeds, must not be below
-zero by more than two standard errors ("not below TRL beyond noise").
+curves and a verdict: the difference grpolab - TRL of the mean reward, averaged over seeds, must not be below
+zero by more than two standard errors of the per-seed differences ("not below TRL beyond noise").
+`--combine a/curves.json b/curves.json` gives the verdict over earlier runs without running anything.
 
     python benchmarks/learning_vs_trl.py --steps 30 --seeds 0 --out runs/learning-vs-trl [key=value ...]
 
@@ -34,12 +35,21 @@ def run_seed(seed: int, steps: int, trl_python: str, overrides: list[str]) -> di
 
 
 def verdict(records: list[dict]) -> dict:
-    differences = [g - t for r in records for g, t in zip(r["grpolab_rewards"], r["trl_rewards"])]
-    mean = statistics.fmean(differences)
-    error = statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else math.inf
+    """grpolab - TRL mean reward. With several seeds the noise is the spread of the per-seed mean differences
+    (each curve is one trajectory: its steps are correlated, and two runs of one seed differ by more than the
+    per-step spread suggests); with one seed only the per-step standard error is available, which understates it."""
+    per_seed = [statistics.fmean(g - t for g, t in zip(r["grpolab_rewards"], r["trl_rewards"])) for r in records]
+    steps = [g - t for r in records for g, t in zip(r["grpolab_rewards"], r["trl_rewards"])]
+    if len(per_seed) > 1:
+        mean, error, noise = statistics.fmean(per_seed), statistics.stdev(per_seed) / math.sqrt(len(per_seed)), "seeds"
+    else:
+        mean, noise = statistics.fmean(steps), "steps (one seed: understated)"
+        error = statistics.stdev(steps) / math.sqrt(len(steps)) if len(steps) > 1 else math.inf
     return {
         "mean_difference": round(mean, 4),
         "standard_error": round(error, 4),
+        "noise_from": noise,
+        "seed_differences": [round(d, 4) for d in per_seed],
         "grpolab_mean_reward": round(statistics.fmean(v for r in records for v in r["grpolab_rewards"]), 4),
         "trl_mean_reward": round(statistics.fmean(v for r in records for v in r["trl_rewards"]), 4),
         "not_below_beyond_noise": mean >= -2 * error,
@@ -60,9 +70,14 @@ def main() -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--trl-python", default=sys.executable)
     parser.add_argument("--out", default="runs/learning-vs-trl")
+    parser.add_argument(
+        "--combine", nargs="+", metavar="CURVES_JSON", help="no runs: the verdict over these earlier curves.json files"
+    )
     args, overrides = parser.parse_known_args()
     records = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    if args.combine:
+        records = [record for path in args.combine for record in json.loads(Path(path).read_text())["runs"]]
+    for seed in [] if args.combine else [int(s) for s in args.seeds.split(",")]:
         record = run_seed(seed, args.steps, args.trl_python, overrides)
         record["seed"] = seed
         records.append(record)

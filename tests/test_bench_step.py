@@ -9,6 +9,7 @@ import pytest
 
 from grpolab.bench import step
 from grpolab.config import ConfigError
+from tests.conftest import ROOT
 
 TINY = [
     "model=tiny-random",
@@ -50,3 +51,20 @@ def test_both_sides_on_tiny_random(capsys):
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["speedup"] == pytest.approx(record["trl_step_seconds"] / record["grpolab_step_seconds"], rel=0.01)
     assert record["trl_peak_rss_gb"] > 0 and len(record["trl_rewards"]) == 1
+
+
+def test_learning_verdict_takes_its_noise_from_the_seeds():
+    spec = importlib.util.spec_from_file_location("learning_vs_trl", ROOT / "benchmarks" / "learning_vs_trl.py")
+    learning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(learning)
+    runs = [  # per-seed mean differences -0.1 and +0.1: no difference beyond the seeds' spread
+        {"grpolab_rewards": [0.0, 0.2], "trl_rewards": [0.1, 0.3]},
+        {"grpolab_rewards": [0.4, 0.4], "trl_rewards": [0.3, 0.3]},
+    ]
+    result = learning.verdict(runs)
+    assert result["seed_differences"] == [-0.1, 0.1] and result["noise_from"] == "seeds"
+    assert result["mean_difference"] == pytest.approx(0.0, abs=1e-9)
+    assert result["standard_error"] == pytest.approx(0.1)  # stdev 0.1414 / sqrt(2)
+    assert result["not_below_beyond_noise"]
+    one = learning.verdict(runs[:1])  # one seed: the per-step spread, which is 0 here, flags any gap
+    assert one["noise_from"].startswith("steps") and not one["not_below_beyond_noise"]
