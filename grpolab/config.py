@@ -51,6 +51,8 @@ class TrainConfig:
     # rows per no-gradient scoring pass (reference / old-policy log-probs): these keep no activations for a
     # backward pass, so they can be larger than micro_batch_size (one 32-row pass measured ~15% faster than 4 x 8)
     scoring_batch_size: int = 64
+    # auto: on CPU, attention of short rows as fp32 matmuls + softmax instead of the SDPA kernel (grpolab/attention.py)
+    attention: Literal["auto", "sdpa"] = "auto"
     share_prompts: bool = True  # one prompt pass per micro-batch, its keys / values shared by its completions
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     save_every: int = 25

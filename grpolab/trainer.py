@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 from grpolab import batch_shaping, distributed
 from grpolab.algorithms.logprobs import as_scorer
 from grpolab.algorithms.objective import Normalisers, grpo_loss
+from grpolab.attention import use_cpu_attention
 from grpolab.batch_shaping import autocast_context
 from grpolab.checkpoint import load_checkpoint, save_checkpoint, truncate_metrics
 from grpolab.config import Config, ConfigError
@@ -106,6 +107,8 @@ def load_policy(config: Config, on, log):
     model_path = resolve_model_path(config.model, log=log)
     tokenizer = load_tokenizer(model_path)
     policy = load_model(model_path).to(on)
+    if config.train.attention == "auto":
+        use_cpu_attention(policy)  # matmul attention on CPU for short rows (grpolab/attention.py)
     if config.lora.rank:
         lora = config.lora
         policy = apply_lora(policy, lora.rank, lora.alpha, lora.dropout, lora.target_modules)

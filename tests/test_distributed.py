@@ -1,9 +1,9 @@
 """Many processes (issue 10): torchrun on CPU with gloo over loopback, tiny-random. The DDP run is two torchrun
 "nodes" on 127.0.0.1 meeting through a c10d rendezvous; the FSDP runs go through `grpolab train --nproc 2`.
 
-The comparisons run in fp32 (`train.precision=fp32`) so that the only differences are the order of floating
-point sums: 2 processes x 2 prompts must give what 1 process gives with 4 prompts sampled 2 per engine call
-(`rollout.generation_batch=2`, the same seeds) and micro-batches of the same rows. Measured here: DDP is
+The comparisons run in fp32 (`train.precision=fp32`, `rollout.dtype=fp32`) so that the only differences are the
+order of floating point sums: 2 processes x 2 prompts must give what 1 process gives with 4 prompts sampled 2 per
+engine call (`rollout.generation_batch=2`, the same seeds) and micro-batches of the same rows. Measured here: DDP is
 bitwise equal; FSDP differs by at most ~3e-8 in the gradient norm (reduce-scatter sums in another order).
 """
 
@@ -36,6 +36,7 @@ SETTINGS = [
     "eval.max_new_tokens=8",
     "reward.weights.format=1.0",  # random text sometimes ends in a digit: a non-zero signal
     "train.precision=fp32",
+    "rollout.dtype=fp32",  # the engine too: the rollout correction weighs by engine / trainer rounding differences
     "train.micro_batch_size=8",  # two prompts' rows: the same micro-batches on 1 and on 2 processes
     "train.learning_rate=1e-3",  # weights that move visibly in 6 steps
     "train.save_every=2",
