@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from grpolab.malloc import keep_freed_memory
+
 COMMANDS = ["train", "eval", "sft", "sample", "distill", "pipeline", "score", "report", "chat", "bench"]
 
 
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    keep_freed_memory()  # before the first large tensor (grpolab/malloc.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -61,3 +61,10 @@ def test_help_lists_required_keys():
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("/nonexistent.yaml")
+
+
+def test_malloc_setting_can_be_left_alone(monkeypatch):
+    from grpolab.malloc import keep_freed_memory
+
+    monkeypatch.setenv("GRPOLAB_MALLOC", "default")
+    assert keep_freed_memory() is False

@@ -106,6 +106,10 @@ def child_main(argv: list[str]) -> int:
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
+    if args.side == "grpolab":
+        from grpolab.malloc import keep_freed_memory
+
+        keep_freed_memory()  # as `grpolab train` does (the TRL side keeps its default malloc)
     if args.side == "trl":
         from grpolab.bench.trl_step import run_trl_side
 
