@@ -3,7 +3,8 @@
 Runs `grpolab bench step --vs trl --warmup 0 --steps N --curve` once per seed (each side in its own process,
 the same prompts in the same order, the configuration of issue 7 unless overridden), then writes the two
 curves and a verdict: the difference grpolab - TRL of the mean reward, averaged over seeds, must not be below
-zero by more than two standard errors of the per-seed differences ("not below TRL beyond noise").
+zero by more than t standard errors of the per-seed differences (Student's t at 95% for that many seeds: "not
+below TRL beyond noise").
 `--combine a/curves.json b/curves.json` gives the verdict over earlier runs without running anything.
 
     python benchmarks/learning_vs_trl.py --steps 30 --seeds 0 --out runs/learning-vs-trl [key=value ...]
@@ -34,16 +35,22 @@ def run_seed(seed: int, steps: int, trl_python: str, overrides: list[str]) -> di
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# two-sided 95% Student-t quantiles by degrees of freedom (a handful of seeds is a small sample)
+T_95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+
+
 def verdict(records: list[dict]) -> dict:
     """grpolab - TRL mean reward. With several seeds the noise is the spread of the per-seed mean differences
     (each curve is one trajectory: its steps are correlated, and two runs of one seed differ by more than the
-    per-step spread suggests); with one seed only the per-step standard error is available, which understates it."""
+    per-step spread suggests), and "beyond noise" is below -t * standard error with Student's t for that many
+    seeds; with one seed only the per-step standard error is available, which understates it (then t = 2)."""
     per_seed = [statistics.fmean(g - t for g, t in zip(r["grpolab_rewards"], r["trl_rewards"])) for r in records]
     steps = [g - t for r in records for g, t in zip(r["grpolab_rewards"], r["trl_rewards"])]
     if len(per_seed) > 1:
         mean, error, noise = statistics.fmean(per_seed), statistics.stdev(per_seed) / math.sqrt(len(per_seed)), "seeds"
+        t = T_95.get(len(per_seed) - 1, 2.0)
     else:
-        mean, noise = statistics.fmean(steps), "steps (one seed: understated)"
+        mean, noise, t = statistics.fmean(steps), "steps (one seed: understated)", 2.0
         error = statistics.stdev(steps) / math.sqrt(len(steps)) if len(steps) > 1 else math.inf
     return {
         "mean_difference": round(mean, 4),
@@ -52,7 +59,8 @@ def verdict(records: list[dict]) -> dict:
         "seed_differences": [round(d, 4) for d in per_seed],
         "grpolab_mean_reward": round(statistics.fmean(v for r in records for v in r["grpolab_rewards"]), 4),
         "trl_mean_reward": round(statistics.fmean(v for r in records for v in r["trl_rewards"]), 4),
-        "not_below_beyond_noise": mean >= -2 * error,
+        "t": t,
+        "not_below_beyond_noise": mean >= -t * error,
     }
 
 

@@ -65,6 +65,9 @@ def test_learning_verdict_takes_its_noise_from_the_seeds():
     assert result["seed_differences"] == [-0.1, 0.1] and result["noise_from"] == "seeds"
     assert result["mean_difference"] == pytest.approx(0.0, abs=1e-9)
     assert result["standard_error"] == pytest.approx(0.1)  # stdev 0.1414 / sqrt(2)
-    assert result["not_below_beyond_noise"]
+    assert result["not_below_beyond_noise"] and result["t"] == 12.71  # two seeds: one degree of freedom
+    below = [{"grpolab_rewards": [0.5 - d], "trl_rewards": [0.5]} for d in (0.10, 0.12, 0.08, 0.10)]
+    result = learning.verdict(below)  # mean -0.10, standard error 0.008, t = 3.18 for 3 degrees of freedom
+    assert result["t"] == 3.18 and not result["not_below_beyond_noise"]
     one = learning.verdict(runs[:1])  # one seed: the per-step spread, which is 0 here, flags any gap
     assert one["noise_from"].startswith("steps") and not one["not_below_beyond_noise"]
