@@ -54,13 +54,26 @@ def user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def parse_arguments(parser, argv: list[str]):
+    """argparse stops filling a `key=value ...` list at the first flag (`a=1 --quiet b=2` left `b=2` unrecognised):
+    such stray pairs join the command's list, in order; anything else unknown is still an error."""
+    args, extra = parser.parse_known_args(argv)
+    lists = [getattr(args, name) for name in ("args", "overrides") if isinstance(getattr(args, name, None), list)]
+    pairs = lists[0] if lists else None
+    stray = [item for item in extra if item.startswith("-") or "=" not in item or pairs is None]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    pairs.extend(extra)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     keep_freed_memory()  # before the first large tensor (grpolab/malloc.py)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

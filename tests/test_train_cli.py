@@ -88,3 +88,21 @@ def test_prompt_beyond_the_context_is_one_line(tmp_path):
     assert result.returncode == 2
     assert "exceeds the model's context of 1024 tokens" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_key_value_pairs_on_both_sides_of_a_flag(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [
+        "model=tiny-random",
+        "--quiet",
+        "train.max_steps=0",
+        "eval.n=0",
+        f"output_dir={run_dir}",
+        "log.report=false",
+    ]
+    done = run_cli("train", *args)
+    assert done.returncode == 0, done.stderr
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["train"]["max_steps"] == 0 and saved["model"] == "tiny-random"
+    refused = run_cli("train", "model=tiny-random", "--quiet", "--frobnicate", "eval.n=0")
+    assert refused.returncode == 2 and "unrecognized arguments: --frobnicate" in refused.stderr
