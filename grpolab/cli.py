@@ -63,7 +63,8 @@ def parse_arguments(parser, argv: list[str]):
     stray = [item for item in extra if item.startswith("-") or "=" not in item or pairs is None]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    pairs.extend(extra)
+    if extra:
+        pairs.extend(extra)
     return args
 
 
