@@ -8,7 +8,7 @@ import torch
 from transformers.integrations import sdpa_attention
 
 from grpolab import attention
-from grpolab.algorithms import logprobs as lp
+from tests import test_shared_prefix as shared_prefix
 from tests.test_engine import tiny_model
 
 
@@ -20,15 +20,9 @@ def logprobs_and_grads(model, shared: bool):
     prompt_index = torch.tensor([1, 0, 0, 1])
     completion_ids = torch.randint(1, vocab, (4, 5))
     completion_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]])
-    model.zero_grad()
-    if shared:
-        args = (prompt_ids, prompt_mask, completion_ids, completion_mask)
-        got, _ = lp.completion_logprobs(model, *args, temperature=0.7, prompt_index=prompt_index)
-    else:
-        args = (prompt_ids[prompt_index], prompt_mask[prompt_index], completion_ids, completion_mask)
-        got, _ = lp.completion_logprobs(model, *args, temperature=0.7)
-    (got * torch.randn(got.shape) * completion_mask).sum().backward()
-    return got.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    weights = torch.randn(4, 5)
+    inputs = (prompt_ids, prompt_mask, prompt_index, completion_ids, completion_mask, weights)
+    return shared_prefix.logprobs_and_grads(model, *inputs, temperature=0.7, shared=shared)
 
 
 @pytest.mark.parametrize("shared", [False, True])

@@ -14,6 +14,22 @@ from grpolab.rollout import RolloutBatch, micro_batches
 from tests.test_engine import tiny_model
 
 
+def logprobs_and_grads(
+    model, prompt_ids, prompt_mask, prompt_index, completion_ids, completion_mask, weights, temperature, shared
+):
+    """Completion log-probs [B, T] and the parameter gradients of sum(logprobs * weights): with the N distinct
+    prompts shared by their rows (`prompt_index`), or with each row's prompt repeated."""
+    model.zero_grad()
+    if shared:
+        args = (prompt_ids, prompt_mask, completion_ids, completion_mask)
+        got, _ = lp.completion_logprobs(model, *args, temperature=temperature, prompt_index=prompt_index)
+    else:
+        args = (prompt_ids[prompt_index], prompt_mask[prompt_index], completion_ids, completion_mask)
+        got, _ = lp.completion_logprobs(model, *args, temperature=temperature)
+    (got * weights * completion_mask).sum().backward()
+    return got.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gpt2"])
 def test_shared_prefix_equals_repeated_prompts(arch):
     torch.manual_seed(0)
@@ -25,20 +41,10 @@ def test_shared_prefix_equals_repeated_prompts(arch):
     completion_ids = torch.randint(1, vocab, (5, 4))
     completion_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]])
     weights = torch.randn(5, 4)
+    inputs = (prompt_ids, prompt_mask, prompt_index, completion_ids, completion_mask, weights)
 
-    def run(shared: bool):
-        model.zero_grad()
-        if shared:
-            args = (prompt_ids, prompt_mask, completion_ids, completion_mask)
-            got, _ = lp.completion_logprobs(model, *args, temperature=0.8, prompt_index=prompt_index)
-        else:
-            args = (prompt_ids[prompt_index], prompt_mask[prompt_index], completion_ids, completion_mask)
-            got, _ = lp.completion_logprobs(model, *args, temperature=0.8)
-        (got * weights * completion_mask).sum().backward()
-        return got.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    expected, expected_grads = run(shared=False)
-    got, grads = run(shared=True)
+    expected, expected_grads = logprobs_and_grads(model, *inputs, temperature=0.8, shared=False)
+    got, grads = logprobs_and_grads(model, *inputs, temperature=0.8, shared=True)
     mask = completion_mask.bool()
     assert torch.allclose(got[mask], expected[mask], atol=1e-5)
     assert (got[~mask] == 0).all()
