@@ -56,7 +56,8 @@ def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """k3 = pi_ref/pi_theta - log(pi_ref/pi_theta) - 1 (DeepSeekMath eq. 4): >= 0 and 0 at equality."""
     log_ratio = ref_logprobs - logprobs
-    return torch.exp(log_ratio) - log_ratio - 1.0
+    # expm1(x) - x, not exp(x) - x - 1: for |x| ~ 1e-11 the latter rounds to -1e-16 (found by the >= 0 test)
+    return torch.expm1(log_ratio) - log_ratio
 
 
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
