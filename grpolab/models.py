@@ -183,3 +183,21 @@ def load_model(path: str, dtype: torch.dtype = torch.float32):
         raise ModelError(f"model: cannot load {path!r}: {str(error).splitlines()[0]}") from None
     model.generation_config.pad_token_id = model.generation_config.pad_token_id or model.config.eos_token_id
     return model
+
+
+def sparse_embedding_gradients(model) -> bool:
+    """Let the input embedding give a sparse gradient (only the rows of the tokens in the batch) when it is
+    tied to the output head and trained; returns whether it was set.
+
+    A dense embedding gradient is a zero-filled [vocabulary, hidden] tensor per lookup (113 MB fp32 for
+    SmolLM2, two lookups per micro-batch with shared prompts) that is then added into `.grad`. The head's
+    gradient of the same tied weight is dense, so `.grad` stays dense and the sparse rows are added into it in
+    place: the same sum, without the two zero-filled copies. Untied embeddings keep dense gradients (the
+    fused AdamW takes no sparse ones), and so does a model split over processes (DDP / FSDP reduce dense
+    buckets): the trainer only calls this for one process."""
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and getattr(head, "weight", None) is embedding.weight
+    if not (isinstance(embedding, torch.nn.Embedding) and tied and embedding.weight.requires_grad):
+        return False
+    embedding.sparse = True
+    return True

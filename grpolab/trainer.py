@@ -38,7 +38,7 @@ from grpolab.evaluation import greedy_accuracy
 from grpolab.hardware import device, use_bf16
 from grpolab.iterative import IterativeRL
 from grpolab.lora import Reference, apply_lora, save_policy
-from grpolab.models import load_model, load_tokenizer, resolve_model_path
+from grpolab.models import load_model, load_tokenizer, resolve_model_path, sparse_embedding_gradients
 from grpolab.progress import Progress
 from grpolab.rewards.runner import RewardRunner, resolve_weights
 from grpolab.rollout import micro_batches
@@ -100,6 +100,9 @@ def optimisation_pass(policy, batch, shaped, config: Config, bf16: bool, on, par
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + value * share
         current[rows, :width] = logprobs.detach().cpu()
+    for parameter in scorer.parameters():  # a tied embedding's sparse rows with no dense head gradient to join
+        if parameter.grad is not None and parameter.grad.is_sparse:
+            parameter.grad = parameter.grad.to_dense()
     return parallel.sum_dict(totals), current
 
 
@@ -157,6 +160,8 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
     on = parallel.device if parallel.active else device()
     policy, tokenizer = parallel.local_main_first(lambda: load_policy(config, on, log))
     bf16 = use_bf16(config.train.precision, on)
+    if not parallel.active:
+        sparse_embedding_gradients(policy)  # a tied embedding's gradient: its used rows only (grpolab/models.py)
     scorer, rollout_model, reference = parallel.wrap(policy, config.grpo.beta > 0, bf16)
     optimizer = torch.optim.AdamW(
         [p for p in scorer.parameters() if p.requires_grad],

@@ -8,7 +8,7 @@ from grpolab.batch_shaping import ShapedBatch
 from grpolab.config import load_config
 from grpolab.engine.base import SamplingParams
 from grpolab.engine.hf import HFEngine
-from grpolab.models import ensure_tiny_random, load_model, load_tokenizer
+from grpolab.models import ensure_tiny_random, load_model, load_tokenizer, sparse_embedding_gradients
 from grpolab.rollout import collect_rollout
 from grpolab.tasks import get_task
 from grpolab.trainer import optimisation_pass
@@ -44,3 +44,32 @@ def test_micro_batch_size_does_not_change_the_gradient(rollout, aggregation):
     single, single_loss = gradient(policy, batch, shaped, [*knobs, "train.micro_batch_size=1"])
     assert single_loss == pytest.approx(whole_loss, rel=1e-5, abs=1e-7)
     torch.testing.assert_close(single, whole, rtol=1e-4, atol=1e-6)
+
+
+def test_sparse_tied_embedding_gradient_is_the_dense_one(rollout):
+    """The tied embedding's sparse gradient (grpolab/models.py) sums to the dense one, and `.grad` ends dense."""
+    policy, batch = rollout
+    rows = batch.completion_mask.shape[0]
+    shaped = ShapedBatch(batch.completion_mask, torch.linspace(-1, 1, rows).unsqueeze(1), None, None, {})
+    embedding = policy.get_input_embeddings()
+    assert policy.get_output_embeddings().weight is embedding.weight  # tiny-random ties them
+    dense, dense_loss = gradient(policy, batch, shaped, ["train.micro_batch_size=2"])
+    try:
+        assert sparse_embedding_gradients(policy)
+        sparse, sparse_loss = gradient(policy, batch, shaped, ["train.micro_batch_size=2"])
+        assert not any(p.grad.is_sparse for p in policy.parameters() if p.grad is not None)
+    finally:
+        embedding.sparse = False
+    assert sparse_loss == dense_loss
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-7)
+
+
+def test_untied_or_frozen_embeddings_stay_dense():
+    path = str(ensure_tiny_random())
+    model = load_model(path)
+    model.get_input_embeddings().weight.requires_grad_(False)
+    assert not sparse_embedding_gradients(model)
+    untied = load_model(path)
+    untied.get_output_embeddings().weight = torch.nn.Parameter(untied.get_input_embeddings().weight.clone())
+    assert not sparse_embedding_gradients(untied)
+    assert not untied.get_input_embeddings().sparse
