@@ -170,7 +170,6 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
         weight_decay=config.train.weight_decay,
         fused=True,  # one kernel over all parameters (CPU and CUDA), no per-tensor Python loop or temporaries
     )
-    bf16 = use_bf16(config.train.precision, on)
     run = TrainingRun(
         config=config,
         run_dir=run_dir,
