@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from grpolab.config import load_config
@@ -66,3 +68,17 @@ def test_failures_stop_the_rollout_or_are_counted_with_on_error_zero():
     with runner:
         batch = collect_rollout(engine, tokenizer, task, [example], 2, params, runner)
     assert batch.reward_errors == 2 and batch.rewards.tolist() == [[0.0, 0.0]]
+
+
+def failing_slowly_on_a(completion, example):
+    if completion == "a":
+        time.sleep(0.5)  # row 0 answers after row 1
+    raise RuntimeError(f"boom on {completion}")
+
+
+def test_pooled_failure_names_the_first_row_whichever_worker_answers_first():
+    task = get_task("countdown")
+    task.task_rewards = lambda: {"countdown": failing_slowly_on_a}
+    runner = RewardRunner(task.reward_functions(), {"countdown": 1.0}, num_workers=2)
+    with runner, pytest.raises(RewardError, match="failed on row 0: RuntimeError: boom on a"):
+        runner.score(["a", "b"], [{"nums": [1, 2, 3], "target": 9}] * 2)

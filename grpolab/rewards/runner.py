@@ -178,12 +178,19 @@ class RewardRunner:
     def score_pooled(self, names: list[str], completions, examples, scores: RewardScores) -> None:
         jobs = [(name, row) for name in names for row in range(len(completions))]
         jobs.reverse()  # popped from the end: rows in order
+        # on_error="raise": a failure stops new calls, the calls in flight finish, and the failure first in job
+        # order is raised: the same one whichever worker answers first (as the sequential path would raise)
+        failures: list[tuple[tuple[int, int], str, int, str]] = []
+        if self.on_error == "zero":
+            fail = self.fail
+        else:
+            fail = lambda scores, name, row, message: failures.append(((names.index(name), row), name, row, message))
         while len(self.workers) < min(self.num_workers, len(jobs)):
             self.workers.append(Worker(self.functions))
         try:
-            while jobs or any(w.job for w in self.workers):
+            while (jobs and not failures) or any(w.job for w in self.workers):
                 for worker in self.workers:
-                    if worker.job is None and jobs:
+                    if worker.job is None and jobs and not failures:
                         worker.job = jobs.pop()
                         worker.started = time.monotonic()
                         name, row = worker.job
@@ -198,29 +205,32 @@ class RewardRunner:
                         continue
                     name, row = worker.job
                     if worker.connection in ready:
-                        self.collect(worker, name, row, scores)
+                        self.collect(worker, name, row, scores, fail)
                     elif time.monotonic() - worker.started >= self.timeout_seconds:
                         worker.job = None
                         worker.stop()  # the only way to stop a hung call
                         self.workers[index] = Worker(self.functions)
-                        self.fail(scores, name, row, f"took longer than {self.timeout_seconds:g} s")
+                        fail(scores, name, row, f"took longer than {self.timeout_seconds:g} s")
+            if failures:
+                _, name, row, message = min(failures)
+                self.fail(scores, name, row, message)  # raises
         except BaseException:
             self.close()  # a worker may still be busy with a call whose answer nobody will read
             raise
 
-    def collect(self, worker: Worker, name: str, row: int, scores: RewardScores) -> None:
+    def collect(self, worker: Worker, name: str, row: int, scores: RewardScores, fail) -> None:
         worker.job = None
         try:
             status, value = worker.connection.recv()
         except (EOFError, OSError):
             worker.stop()
             self.workers[self.workers.index(worker)] = Worker(self.functions)
-            self.fail(scores, name, row, "the worker process died")
+            fail(scores, name, row, "the worker process died")
             return
         if status == "ok":
             scores.parts[name][row] = value
         else:
-            self.fail(scores, name, row, value)
+            fail(scores, name, row, value)
 
     def close(self) -> None:
         for worker in self.workers:
