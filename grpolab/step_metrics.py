@@ -15,7 +15,10 @@ def summary_line(results: dict, run_dir: Path) -> str:
 
 
 class Timer:
-    """Per-phase wall-clock seconds of one step."""
+    """Per-phase wall-clock seconds of one step. `Timer.current` names the phase running now (None between
+    phases), for tools that attribute work to phases (`bench step --floor`)."""
+
+    current: str | None = None
 
     def __init__(self):
         self.start = time.perf_counter()
@@ -23,8 +26,12 @@ class Timer:
 
     @contextlib.contextmanager
     def __call__(self, phase: str):
-        begin = time.perf_counter()
-        yield
+        begin, outer = time.perf_counter(), Timer.current
+        Timer.current = phase
+        try:
+            yield
+        finally:
+            Timer.current = outer
         self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - begin
 
     def total(self) -> float:

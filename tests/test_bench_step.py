@@ -21,7 +21,7 @@ TINY = [
 
 
 def options(**changes):
-    args = dict(vs="none", trl_python=sys.executable, warmup=0, steps=1, threads=1, all_prompts=False)
+    args = dict(vs="none", trl_python=sys.executable, warmup=0, steps=1, threads=1, all_prompts=False, floor=False)
     return type("Args", (), {**args, "curve": True, "trl_option": [], **changes})()
 
 
@@ -32,7 +32,17 @@ def test_grpolab_side_prints_one_json_line(capsys):
     assert record["grpolab_step_seconds"] > 0 and record["grpolab_peak_rss_gb"] > 0
     assert {"generate", "rewards", "reference", "policy", "optimizer"} <= set(record["grpolab_phase_seconds"])
     assert len(record["grpolab_rewards"]) == 2
-    assert "speedup" not in record
+    assert "speedup" not in record and "grpolab_matmul_floor_seconds" not in record
+
+
+def test_floor_counts_every_phase_products_and_stays_below_the_step(capsys):
+    assert step.run(TINY, options(floor=True)) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    phases = record["grpolab_matmul_floor_by_phase"]
+    assert {"generate", "reference", "policy"} <= set(phases) and all(v > 0 for v in phases.values())
+    assert record["grpolab_matmul_floor_seconds"] == pytest.approx(sum(phases.values()), abs=0.002)
+    assert 0 < record["grpolab_matmul_share"] < 1 and record["grpolab_matmul_tflop"] > 0
+    assert len(record["grpolab_all_step_seconds"]) == 1  # the recorded step is not timed
 
 
 def test_bad_override_and_missing_trl_are_one_line_errors(tmp_path):
@@ -51,6 +61,15 @@ def test_both_sides_on_tiny_random(capsys):
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["speedup"] == pytest.approx(record["trl_step_seconds"] / record["grpolab_step_seconds"], rel=0.01)
     assert record["trl_peak_rss_gb"] > 0 and len(record["trl_rewards"]) == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="trl is not installed (pip install -e '.[bench]')")
+def test_floor_on_both_sides(capsys):
+    assert step.run(TINY, options(vs="trl", floor=True)) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(record["trl_all_step_seconds"]) == 1 and record["trl_matmul_floor_seconds"] > 0
+    expected = record["trl_step_seconds"] / record["grpolab_matmul_floor_seconds"]
+    assert record["speedup_at_grpolab_floor"] == pytest.approx(expected, rel=0.05)
 
 
 def test_learning_verdict_takes_its_noise_from_the_seeds():

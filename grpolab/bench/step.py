@@ -71,8 +71,10 @@ def peak_rss_gb() -> float:
     raise RuntimeError("VmHWM not found in /proc/self/status")
 
 
-def run_grpolab_side(overrides: list[str], warmup: int, steps: int, all_prompts: bool) -> dict:
+def run_grpolab_side(overrides: list[str], warmup: int, steps: int, all_prompts: bool, floor: bool = False) -> dict:
+    from grpolab.bench.matmul_floor import MatmulRecorder, time_matmuls
     from grpolab.distributed import Parallel
+    from grpolab.step_metrics import Timer
     from grpolab.trainer import grpo_step, setup
 
     with tempfile.TemporaryDirectory() as folder:
@@ -89,9 +91,16 @@ def run_grpolab_side(overrides: list[str], warmup: int, steps: int, all_prompts:
             if step > warmup:
                 seconds.append(elapsed)
                 phases.append({k.removeprefix("time/"): v for k, v in record.items() if k.startswith("time/")})
+        peak = peak_rss_gb()  # before the recorded step: the recorder's bookkeeping is not the trainer's memory
+        matmuls = None
+        if floor:  # one more step, untimed, with every matrix product counted
+            with MatmulRecorder(phase=lambda: Timer.current) as recorder:
+                grpo_step(run, warmup + steps + 1, stream)
+            matmuls = time_matmuls(recorder.counts)
         run.rewards.close()
     phase_medians = {name: statistics.median(p.get(name, 0.0) for p in phases) for name in phases[0]} if phases else {}
-    return {"step_seconds": seconds, "rewards": rewards, "phases": phase_medians, "peak_rss_gb": peak_rss_gb()}
+    result = {"step_seconds": seconds, "rewards": rewards, "phases": phase_medians, "peak_rss_gb": peak}
+    return {**result, "matmuls": matmuls} if floor else result
 
 
 def child_main(argv: list[str]) -> int:
@@ -114,9 +123,13 @@ def child_main(argv: list[str]) -> int:
         from grpolab.bench.trl_step import run_trl_side
 
         options = dict(parse_override(text) for text in spec["trl_options"])
-        result = run_trl_side(spec["overrides"], spec["warmup"], spec["steps"], spec["all_prompts"], options)
+        result = run_trl_side(
+            spec["overrides"], spec["warmup"], spec["steps"], spec["all_prompts"], options, spec.get("floor", False)
+        )
     else:
-        result = run_grpolab_side(spec["overrides"], spec["warmup"], spec["steps"], spec["all_prompts"])
+        result = run_grpolab_side(
+            spec["overrides"], spec["warmup"], spec["steps"], spec["all_prompts"], spec.get("floor", False)
+        )
     result["threads"] = torch.get_num_threads()
     print("RESULT " + json.dumps(result), flush=True)
     return 0
@@ -152,6 +165,11 @@ def add_arguments(parser) -> None:
         "--trl-option", action="append", default=[], metavar="KEY=VALUE", help="a GRPOConfig field for the TRL side"
     )
     parser.add_argument("--curve", action="store_true", help="also print each side's per-step mean reward")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="one more step per side with its matrix products recorded, then timed alone: the step's matmul floor",
+    )
 
 
 def run(overrides: list[str], args=None) -> int:
@@ -166,6 +184,7 @@ def run(overrides: list[str], args=None) -> int:
         all_prompts=False,
         curve=False,
         trl_option=[],
+        floor=False,
     )
     if args.steps < 1 or args.warmup < 0:
         raise ConfigError("bench step: --steps must be >= 1 and --warmup >= 0")
@@ -183,6 +202,7 @@ def run(overrides: list[str], args=None) -> int:
         "all_prompts": args.all_prompts,
         "threads": args.threads,
         "trl_options": args.trl_option,
+        "floor": args.floor,
     }
     sides = {"grpolab": run_side("grpolab", sys.executable, spec)}
     if args.vs == "trl":
@@ -217,10 +237,31 @@ def summary(config, args, sides: dict) -> dict:
         record["trl_gradient_checkpointing"] = sides["trl"]["gradient_checkpointing"]
         record["trl_options"] = args.trl_option
     record["grpolab_phase_seconds"] = {k: round(v, 3) for k, v in sides["grpolab"]["phases"].items()}
+    if args.floor:
+        record.update(floor_summary(record, sides))
     if args.curve:
         for name, side in sides.items():
             record[f"{name}_rewards"] = [round(r, 4) for r in side["rewards"]]
     return record
+
+
+def floor_summary(record: dict, sides: dict) -> dict:
+    """Each side's matmul floor (`matmul_floor.py`) against its measured step, and the speedup over TRL that
+    grpolab's step would reach if it took no longer than its own matrix products."""
+    floors = {}
+    for name, side in sides.items():
+        matmuls = side["matmuls"]
+        floors[f"{name}_matmul_floor_seconds"] = round(matmuls["seconds"], 3)
+        floors[f"{name}_matmul_tflop"] = round(matmuls["tflop"], 4)
+        floors[f"{name}_matmul_share"] = round(matmuls["seconds"] / record[f"{name}_step_seconds"], 3)
+    matmuls = sides["grpolab"]["matmuls"]
+    floors["grpolab_matmul_floor_by_phase"] = {k: round(v, 3) for k, v in matmuls["by_phase"].items()}
+    floors["grpolab_matmul_tflop_by_phase"] = {k: round(v, 4) for k, v in matmuls.get("tflop_by_phase", {}).items()}
+    if "trl" in sides:
+        floors["speedup_at_grpolab_floor"] = round(
+            record["trl_step_seconds"] / floors["grpolab_matmul_floor_seconds"], 2
+        )
+    return floors
 
 
 if __name__ == "__main__":

@@ -105,7 +105,36 @@ class StepClock:
         return Clock()
 
 
-def run_trl_side(overrides: list[str], warmup: int, steps: int, all_prompts: bool, options: dict | None = None):
+class StepRecorder:
+    """Counts the matrix products of one optimizer step (`matmul_floor.MatmulRecorder`), from TrainerCallback
+    events: TRL generates inside the step, after `on_step_begin`, so generation is counted too."""
+
+    def __init__(self):
+        from grpolab.bench.matmul_floor import MatmulRecorder
+
+        self.mode = MatmulRecorder()
+        self.counts = self.mode.counts
+
+    def callback(self, completed_steps: int):
+        from transformers import TrainerCallback
+
+        mode = self.mode
+
+        class Record(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                if state.global_step == completed_steps:
+                    mode.__enter__()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == completed_steps + 1:
+                    mode.__exit__(None, None, None)
+
+        return Record()
+
+
+def run_trl_side(
+    overrides: list[str], warmup: int, steps: int, all_prompts: bool, options: dict | None = None, floor: bool = False
+):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -118,7 +147,7 @@ def run_trl_side(overrides: list[str], warmup: int, steps: int, all_prompts: boo
         config = bench_config(overrides, folder)
         task = get_task(config.task, config.reward, config.template)
         scorer = RewardRunner(task.reward_functions(), resolve_weights(task, config.reward.weights), num_workers=0)
-        total = warmup + steps
+        total = warmup + steps + (1 if floor else 0)  # the floor's step comes last and is not timed
         examples = list(
             itertools.islice(prompt_stream(task, config, all_prompts), total * config.rollout.prompts_per_step)
         )
@@ -136,21 +165,26 @@ def run_trl_side(overrides: list[str], warmup: int, steps: int, all_prompts: boo
             return totals
 
         model_path = str(resolve_model_path(config.model))
-        clock = StepClock()
+        clock, recorder = StepClock(), StepRecorder()
         trainer = GRPOTrainer(
             model=model_path,
             reward_funcs=[grpolab_reward],
             args=GRPOConfig(**trl_arguments(config, folder, total, options or {})),
             train_dataset=Dataset.from_list(rows),
             processing_class=load_tokenizer(resolve_model_path(config.model)),
-            callbacks=[clock.callback()],
+            callbacks=[clock.callback(), *([recorder.callback(warmup + steps)] if floor else [])],
         )
         trainer.train()
         scorer.close()
-    return {
-        "step_seconds": clock.seconds[warmup:total],
+    result = {
+        "step_seconds": clock.seconds[warmup : warmup + steps],
         "rewards": rewards_per_call,  # one reward call per generation batch = per optimizer step here
         "phases": {},
         "peak_rss_gb": peak_rss_gb(),
         "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
     }
+    if floor:
+        from grpolab.bench.matmul_floor import time_matmuls
+
+        result["matmuls"] = time_matmuls(recorder.counts)
+    return result
