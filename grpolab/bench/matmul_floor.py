@@ -4,9 +4,10 @@ products alone take on this machine.
 `MatmulRecorder` watches one step at the dispatcher (a `TorchDispatchMode`, so the backward pass is seen
 too) and counts every matrix product by signature: operator, operand shapes, strides and dtypes, and the
 phase it ran in (`Timer.current` on grpolab's side). `time_matmuls` then runs each signature on random
-operands of the same layout, `repeats` times after one warm-up call, and multiplies the median by the
-count. The sum is a floor for the step on this machine: a step that did nothing but these products, each
-at the speed it reaches alone with warm caches, would take that long. Attention kernels (SDPA) and all
+operands of the same layout, `repeats` times after one warm-up call, and multiplies the fastest time by
+the count (a floor should not include the machine's noise, which only ever adds). The sum is a floor for
+the step on this machine: a step that did nothing but these products, each at the speed it reaches alone
+with warm caches, would take that long. Attention kernels (SDPA) and all
 element-wise work are left out, so the floor is below what any implementation of the same products
 could reach.
 
@@ -16,7 +17,6 @@ Counted: aten mm, addmm, bmm, baddbmm and oneDNN's prepacked linear (the engine'
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections import Counter
 
@@ -91,7 +91,8 @@ def product(name: str, operands: tuple, extra):
 
 @torch.no_grad()
 def time_matmuls(counts: Counter, repeats: int = 5) -> dict:
-    """Seconds and FLOPs of the recorded products, in total and by phase (see the module docstring)."""
+    """Seconds (the fastest of `repeats` runs, times the count) and FLOPs of the recorded products, in total and
+    by phase (see the module docstring)."""
     by_phase: dict[str, float] = {}
     flops: dict[str, int] = {}
     for (phase, name, operands, extra), count in counts.items():
@@ -102,7 +103,7 @@ def time_matmuls(counts: Counter, repeats: int = 5) -> dict:
             begin = time.perf_counter()
             run()
             seconds.append(time.perf_counter() - begin)
-        by_phase[phase] = by_phase.get(phase, 0.0) + count * statistics.median(seconds)
+        by_phase[phase] = by_phase.get(phase, 0.0) + count * min(seconds)
         flops[phase] = flops.get(phase, 0) + count * matmul_flops(name, operands)
     return {
         "seconds": sum(by_phase.values()),
