@@ -9,7 +9,7 @@ from grpolab.step_metrics import Timer
 
 
 def operands(*shapes):
-    return tuple((shape, None, torch.float32) for shape in shapes)
+    return tuple((shape, None, torch.float32, "cpu") for shape in shapes)
 
 
 def test_flops_by_hand():

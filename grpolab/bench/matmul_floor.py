@@ -11,7 +11,9 @@ with warm caches, would take that long. Attention kernels (SDPA) and all
 element-wise work are left out, so the floor is below what any implementation of the same products
 could reach.
 
-Counted: aten mm, addmm, bmm, baddbmm and oneDNN's prepacked linear (the engine's bf16 decode path).
+Counted: aten mm, addmm, bmm, baddbmm and oneDNN's prepacked linear (the engine's bf16 decode path), on
+the device they ran on (on a GPU each timing waits for the device, so a small product's time includes its
+launch). Not counted: products that run outside this process (vLLM's generation workers).
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ ONEDNN_LINEAR = "mkldnn._linear_pointwise.default"
 
 
 def layout(tensor: torch.Tensor) -> tuple:
-    """What `time_matmuls` needs to rebuild an operand: shape, strides (None for oneDNN's opaque layout), dtype."""
+    """What `time_matmuls` needs to rebuild an operand: shape, strides (None for oneDNN's opaque layout), dtype,
+    device."""
     strides = None if tensor.layout == torch._mkldnn else tuple(tensor.stride())
-    return tuple(tensor.shape), strides, tensor.dtype
+    return tuple(tensor.shape), strides, tensor.dtype, str(tensor.device)
 
 
 def matmul_flops(op: str, operands: tuple) -> int:
     """2 m k n (times the batch) multiply-adds of one product, from its operands' shapes."""
-    shapes = [shape for shape, _, _ in operands]
+    shapes = [operand[0] for operand in operands]
     if op == ONEDNN_LINEAR:  # x [..., k], weight [n, k]
         x, weight = shapes[0], shapes[1]
         return 2 * math.prod(x[:-1]) * x[-1] * weight[0]
@@ -66,27 +69,38 @@ class MatmulRecorder(TorchDispatchMode):
         return tuple(sorted((kwargs or {}).items()))
 
 
-def random_operand(shape, strides, dtype) -> torch.Tensor:
+def random_operand(shape, strides, dtype, device) -> torch.Tensor:
     if strides is None:
-        return torch.randn(shape).to(dtype)
+        return torch.randn(shape, device=device).to(dtype)
     # a buffer as large as the strided view reaches, so transposed operands keep their layout
     extent = 1 + sum((size - 1) * stride for size, stride in zip(shape, strides)) if all(shape) else 0
-    return torch.randn(extent).to(dtype).as_strided(shape, strides)
+    return torch.randn(extent, device=device).to(dtype).as_strided(shape, strides)
+
+
+FUNCTIONS = {
+    "aten.mm.default": torch.mm,
+    "aten.addmm.default": torch.addmm,
+    "aten.bmm.default": torch.bmm,
+    "aten.baddbmm.default": torch.baddbmm,
+}
 
 
 def product(name: str, operands: tuple, extra):
     """A closure that runs the recorded product once on fresh random operands of the same layout."""
     tensors = [random_operand(*operand) for operand in operands]
     if name == ONEDNN_LINEAR:
-        (shape, _, dtype), x = operands[1], tensors[0]
+        (shape, _, dtype, _), x = operands[1], tensors[0]
         weight = torch.ops.mkldnn._reorder_linear_weight(torch.randn(shape).to(dtype), 32)
         bias = torch.randn(shape[0]).to(dtype) if extra else None
         return lambda: torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    func = {"aten.mm.default": torch.mm, "aten.addmm.default": torch.addmm, "aten.bmm.default": torch.bmm}
-    kwargs = dict(extra)
-    if name == "aten.baddbmm.default":
-        return lambda: torch.baddbmm(*tensors, **kwargs)
-    return lambda: func[name](*tensors, **kwargs)
+    function, kwargs = FUNCTIONS[name], dict(extra)
+    return lambda: function(*tensors, **kwargs)
+
+
+def synchronize(device: str) -> None:
+    """Wait for a GPU's queued work, so that a timer around it measures the work, not its launch."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -96,12 +110,14 @@ def time_matmuls(counts: Counter, repeats: int = 5) -> dict:
     by_phase: dict[str, float] = {}
     flops: dict[str, int] = {}
     for (phase, name, operands, extra), count in counts.items():
-        run = product(name, operands, extra)
+        run, device = product(name, operands, extra), operands[0][3]
         run()  # warm-up: oneDNN primitive creation, first-touch of the output
         seconds = []
         for _ in range(repeats):
+            synchronize(device)
             begin = time.perf_counter()
             run()
+            synchronize(device)
             seconds.append(time.perf_counter() - begin)
         by_phase[phase] = by_phase.get(phase, 0.0) + count * min(seconds)
         flops[phase] = flops.get(phase, 0) + count * matmul_flops(name, operands)
