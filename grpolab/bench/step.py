@@ -256,7 +256,7 @@ def floor_summary(record: dict, sides: dict) -> dict:
         floors[f"{name}_matmul_share"] = round(matmuls["seconds"] / record[f"{name}_step_seconds"], 3)
     matmuls = sides["grpolab"]["matmuls"]
     floors["grpolab_matmul_floor_by_phase"] = {k: round(v, 3) for k, v in matmuls["by_phase"].items()}
-    floors["grpolab_matmul_tflop_by_phase"] = {k: round(v, 4) for k, v in matmuls.get("tflop_by_phase", {}).items()}
+    floors["grpolab_matmul_tflop_by_phase"] = {k: round(v, 4) for k, v in matmuls["tflop_by_phase"].items()}
     if "trl" in sides:
         floors["speedup_at_grpolab_floor"] = round(
             record["trl_step_seconds"] / floors["grpolab_matmul_floor_seconds"], 2
