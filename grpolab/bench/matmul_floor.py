@@ -25,6 +25,8 @@ from collections import Counter
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from grpolab.engine.decoder import Linear
+
 MATMULS = {"aten.mm.default", "aten.addmm.default", "aten.bmm.default", "aten.baddbmm.default"}
 ONEDNN_LINEAR = "mkldnn._linear_pointwise.default"
 
@@ -88,9 +90,9 @@ FUNCTIONS = {
 def product(name: str, operands: tuple, extra):
     """A closure that runs the recorded product once on fresh random operands of the same layout."""
     tensors = [random_operand(*operand) for operand in operands]
-    if name == ONEDNN_LINEAR:
-        (shape, _, dtype, _), x = operands[1], tensors[0]
-        weight = torch.ops.mkldnn._reorder_linear_weight(torch.randn(shape).to(dtype), 32)
+    if name == ONEDNN_LINEAR:  # the weight was recorded in oneDNN's layout: reorder a plain one as the engine does
+        (shape, _, dtype, _), (x, plain) = operands[1], tensors
+        weight = torch.ops.mkldnn._reorder_linear_weight(plain, Linear.ROWS_HINT)
         bias = torch.randn(shape[0]).to(dtype) if extra else None
         return lambda: torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     function, kwargs = FUNCTIONS[name], dict(extra)
