@@ -111,6 +111,7 @@ def concat_rollouts(batches: list[RolloutBatch], pad_id: int) -> RolloutBatch:
         },
         correct=[c for b in batches for c in b.correct],
         reward_errors=sum(b.reward_errors for b in batches),
+        reward_error_messages=[m for b in batches for m in b.reward_error_messages][:3],
     )
 
 

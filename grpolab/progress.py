@@ -14,6 +14,7 @@ stops a run.
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 
 from rich.console import Console, Group
@@ -132,6 +133,13 @@ class Progress:
             self.live.console.print(text)
         elif not self.quiet:
             print(text, flush=True)
+
+    def warning(self, text: str) -> None:
+        """Something the user must see even with --quiet (on stderr)."""
+        if self.live is not None:
+            self.live.console.print(text)
+        else:
+            print(f"grpolab: warning: {text}", file=sys.stderr, flush=True)
 
     def update(self, metrics: dict) -> None:
         if metrics.get("step_seconds") is not None:

@@ -46,6 +46,7 @@ class RolloutBatch:
     reward_parts: dict[str, list[float | None]] = field(default_factory=dict)  # per function, B values
     correct: list[bool] = field(default_factory=list)  # B
     reward_errors: int = 0  # reward calls that failed and scored 0 (reward.on_error=zero)
+    reward_error_messages: list[str] = field(default_factory=list)  # one line each, at most a few
 
     @property
     def group_size(self) -> int:
@@ -58,6 +59,37 @@ def right_pad(rows: list[list], pad, dtype) -> torch.Tensor:
     for i, row in enumerate(rows):
         out[i, : len(row)] = torch.tensor(row, dtype=dtype)
     return out
+
+
+class PromptFit:
+    """Does a row's prompt leave room for `max_new_tokens` in the model's context? Decided without tokenizing
+    where the prompt's UTF-8 length settles it: a prompt cannot have more tokens than its template's own plus
+    one per byte, nor fewer than its bytes over the longest token's (byte-level vocabularies spell a token
+    with one symbol per byte). So a 50 MB question is refused by its length, never handed to the tokenizer;
+    only rows in between are tokenized."""
+
+    def __init__(self, tokenizer, task, context: int, max_new_tokens: int):
+        self.tokenizer, self.task = tokenizer, task
+        self.limit = context - max_new_tokens  # the most prompt tokens there is room for
+        self.overhead = len(encode_prompt(tokenizer, task, {**self.blank(), "question": ""})) + 8
+        self.longest_token = max((len(token) for token in tokenizer.get_vocab()), default=1) + 1
+
+    def blank(self) -> dict:
+        return {name: "" for name in getattr(self.task, "fields", ())}
+
+    def text_bytes(self, example: dict) -> int:
+        text = self.task.prompt_text(example)
+        if text is None:
+            text = "".join(str(m.get("content", "")) for m in self.task.messages(example))
+        return len(text.encode("utf-8", errors="replace"))
+
+    def __call__(self, example: dict) -> bool:
+        size = self.text_bytes(example)
+        if size + self.overhead <= self.limit:
+            return True
+        if size > self.limit * self.longest_token:
+            return False
+        return len(encode_prompt(self.tokenizer, self.task, example)) <= self.limit
 
 
 def check_context(model, prompts: list[list[int]], max_new_tokens: int, key: str) -> None:
@@ -107,6 +139,7 @@ def collect_rollout(
         rewards=torch.tensor(scores.totals, dtype=torch.float32).view(len(examples), group_size),
         reward_parts=scores.parts,
         reward_errors=scores.errors,
+        reward_error_messages=scores.error_messages[:3],
         correct=[task.is_correct(text, example) for text, example in zip(texts, repeated)],
     )
 

@@ -61,6 +61,7 @@ def step_metrics(step, batch, stats, trainer_logprobs, grad_norm, scheduler, tim
         "rollout_weight_capped_frac": stats.get("rollout_weight_capped_frac", 0.0),
         "logprob_mismatch": ((batch.sampling_logprobs - trainer_logprobs).abs() * mask).sum().item()
         / max(1.0, mask.sum().item()),
+        "reward_errors": batch.reward_errors,  # calls scored 0 under reward.on_error=zero
         "step_seconds": seconds,
         "tokens_per_second": mask.sum().item() / seconds,
     }

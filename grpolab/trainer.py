@@ -41,11 +41,20 @@ from grpolab.lora import Reference, apply_lora, save_policy
 from grpolab.models import load_model, load_tokenizer, resolve_model_path, sparse_embedding_gradients
 from grpolab.progress import Progress
 from grpolab.rewards.runner import RewardRunner, resolve_weights
-from grpolab.rollout import micro_batches
-from grpolab.runs import MetricsWriter, StopRequest, check_finite, open_run_dir, save_model_atomic, write_json_atomic
+from grpolab.rollout import PromptFit, micro_batches
+from grpolab.runs import (
+    MetricsWriter,
+    RunLock,
+    StopRequest,
+    check_finite,
+    check_finite_weights,
+    open_run_dir,
+    save_model_atomic,
+    write_json_atomic,
+)
 from grpolab.sharded_checkpoint import is_sharded, load_sharded_checkpoint, save_sharded_checkpoint
 from grpolab.step_metrics import Timer, step_metrics, summary_line
-from grpolab.tasks import Task, get_task
+from grpolab.tasks import Task, TaskError, get_task
 from grpolab.tracking import Tracker, check_backends, sample_due, sample_rows
 
 
@@ -118,6 +127,30 @@ def load_policy(config: Config, on, log):
     return policy, tokenizer
 
 
+def drop_overlong_rows(task, tokenizer, policy, config: Config, log) -> None:
+    """Rows whose prompt leaves no room for the new tokens in the model's context are found when the data
+    loads, not when a step draws them: training rows are skipped (counted, in one line), held-out rows among
+    the evaluated ones refuse the run (skipping them would change what `eval.n` measures)."""
+    context = getattr(getattr(policy, "config", None), "max_position_embeddings", None)
+    if not context:
+        return
+    new_tokens = max(config.rollout.max_new_tokens, config.eval.max_new_tokens)
+    if new_tokens >= context:
+        raise ConfigError(f"rollout.max_new_tokens / eval.max_new_tokens: {new_tokens} leaves no room for a prompt "
+                          f"in the model's context of {context} tokens")  # fmt: skip
+    dropped = task.drop_rows(PromptFit(tokenizer, task, context, new_tokens))
+    evaluated = [index for index in dropped["held_out"] if index < config.eval.n]
+    where = f"+ {new_tokens} new tokens exceed the model's context of {context} tokens"
+    if evaluated:
+        raise TaskError(f"held-out row {evaluated[0]}: its prompt {where}; shorten it or lower eval.n")
+    if dropped["train"]:
+        try:
+            next(task.train_stream(config.seed))
+        except TaskError:
+            raise TaskError(f"every training row's prompt {where}") from None
+        log(f"skipped {len(dropped['train'])} training row(s) whose prompt {where} (first: row {dropped['train'][0]})")
+
+
 def check_task(task, config: Config) -> None:
     if config.grpo.advantage == "process" and type(task).step_rewards is Task.step_rewards:
         raise ConfigError(f"grpo.advantage: 'process' needs step rewards, and task {task.name!r} has none")
@@ -143,6 +176,7 @@ class TrainingRun:
     bf16: bool
     device: torch.device
     parallel: Parallel
+    lock: RunLock | None  # rank 0's lock on the run folder
 
 
 def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | None]:
@@ -151,7 +185,10 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
     check_task(task, config)
     weights = resolve_weights(task, config.reward.weights)
     check_backends(config.log)
-    run_dir, checkpoint = parallel.on_main(lambda: open_run_dir(config))  # rank 0 writes the run folder
+    task.eval_examples(config.eval.n)  # data that cannot load, or too few held-out rows, fail here
+    locks: list[RunLock] = []  # the lock stays with rank 0; only the folder and checkpoint are broadcast
+    run_dir, checkpoint = parallel.on_main(lambda: open_locked(config, locks))  # rank 0 writes the run folder
+    lock = locks[0] if locks else None
     reward = config.reward
     rewards = RewardRunner(
         task.reward_functions(), weights, reward.on_error, reward.timeout_seconds, reward.num_workers
@@ -159,6 +196,7 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
     torch.manual_seed(config.seed)
     on = parallel.device if parallel.active else device()
     policy, tokenizer = parallel.local_main_first(lambda: load_policy(config, on, log))
+    drop_overlong_rows(task, tokenizer, policy, config, log)
     bf16 = use_bf16(config.train.precision, on)
     if not parallel.active:
         sparse_embedding_gradients(policy)  # a tied embedding's gradient: its used rows only (grpolab/models.py)
@@ -187,8 +225,15 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
         bf16=bf16,
         device=on,
         parallel=parallel,
+        lock=lock,
     )
     return run, checkpoint
+
+
+def open_locked(config: Config, locks: list) -> tuple[Path, Path | None]:
+    run_dir, checkpoint, lock = open_run_dir(config)
+    locks.append(lock)
+    return run_dir, checkpoint
 
 
 def restore(run: TrainingRun, checkpoint: Path | None, log) -> dict:
@@ -212,6 +257,7 @@ def restore(run: TrainingRun, checkpoint: Path | None, log) -> dict:
     run.engine.sync_weights(run.rollout_model)
     if run.parallel.is_main:
         truncate_metrics(run.run_dir / "metrics.jsonl", state["step"])
+        truncate_metrics(run.run_dir / "samples.jsonl", state["step"])
     log(f"resuming {run.run_dir} from {checkpoint.name}")
     return state
 
@@ -253,10 +299,24 @@ def train(config: Config, log=print) -> Path:
 
 def run_training(config: Config, parallel: Parallel, log) -> Path:
     run, checkpoint = setup(config, log, parallel)
-    state = restore(run, checkpoint, log)
-    run_dir, task, main = run.run_dir, run.task, parallel.is_main
-    metrics_writer = MetricsWriter(run_dir / "metrics.jsonl") if main else Silent()
-    tracker = Tracker(config, run_dir) if main else Silent()
+    try:
+        state = restore(run, checkpoint, log)
+        results = training_loop(run, state, log)
+        if results is not None:
+            finish(run, results, log)
+    finally:  # the reward workers and the folder's lock end with the run, however it ends
+        run.rewards.close()
+        if run.lock is not None:
+            run.lock.release()
+    parallel.barrier()  # no rank leaves (and tears the group down) before rank 0 has written final/
+    return run.run_dir
+
+
+def training_loop(run: TrainingRun, state: dict, log) -> dict | None:
+    """The steps, from the first not yet done; returns the evaluation results, or None when stopped."""
+    config, parallel, task, main = run.config, run.parallel, run.task, run.parallel.is_main
+    metrics_writer = MetricsWriter(run.run_dir / "metrics.jsonl") if main else Silent()
+    tracker = Tracker(config, run.run_dir) if main else Silent()
     eval_examples = task.eval_examples(config.eval.n)
     progress = Progress(config.train.max_steps, config.log.quiet, config.log.every)
     if config.eval.before and eval_examples and "before" not in state["eval"]:
@@ -274,6 +334,8 @@ def run_training(config: Config, parallel: Parallel, log) -> Path:
             if sample_due(step, config.log.samples_every, config.train.max_steps):
                 tracker.log_samples(sample_rows(step, batch, task, config.log.samples_prompts), step)
             progress.update(record)
+            if batch.reward_errors:
+                progress.warning(f"step {step}: {reward_error_line(batch)}")
             state["step"] = step
             state["reference_resets"] = run.reference.resets if run.reference is not None else 0
             last = step == config.train.max_steps
@@ -283,28 +345,38 @@ def run_training(config: Config, parallel: Parallel, log) -> Path:
             if stopping:
                 progress.close()
                 tracker.close()
-                run.rewards.close()
-                log(f"stopped at step {step}; checkpoint saved. Resume with: grpolab train --resume {run_dir}")
-                return run_dir
+                log(f"stopped at step {step}; checkpoint saved. Resume with: grpolab train --resume {run.run_dir}")
+                return None
             if time.monotonic() > deadline:  # the time budget ends training early; evaluation still runs
                 progress.message(f"train.max_minutes={config.train.max_minutes} reached after step {step}")
                 break
     progress.close()
-    run.rewards.close()
     results = {"n": len(eval_examples), **state["eval"]}
     if config.eval.after and eval_examples:
         results["after"] = {"accuracy": evaluate(run, eval_examples)}
     if main:
-        write_json_atomic(run_dir / "eval.json", results)
         tracker.log_eval(results, config.train.max_steps)
-        tracker.close()
-        adapter_applies = run.reference is None or run.reference.resets == 0
-        save_policy(run.rollout_model, run.tokenizer, run_dir, adapter_applies, save_model_atomic, log)
-        log(summary_line(results, run_dir))
-        if config.log.report:
-            write_run_report(run_dir, log)
-    parallel.barrier()  # no rank leaves (and tears the group down) before rank 0 has written final/
-    return run_dir
+    tracker.close()
+    return results
+
+
+def reward_error_line(batch) -> str:
+    """What `reward.on_error=zero` scored 0, said once per step that had any (the first failure shown)."""
+    first = batch.reward_error_messages[0] if batch.reward_error_messages else ""
+    return f"{batch.reward_errors} reward call(s) failed and scored 0 (reward.on_error=zero); first: {first}"
+
+
+def finish(run: TrainingRun, results: dict, log) -> None:
+    """eval.json, final/ (refused when a weight is not finite), the summary and the report: rank 0 only."""
+    if not run.parallel.is_main:
+        return
+    check_finite_weights(run.rollout_model)
+    write_json_atomic(run.run_dir / "eval.json", results)
+    adapter_applies = run.reference is None or run.reference.resets == 0
+    save_policy(run.rollout_model, run.tokenizer, run.run_dir, adapter_applies, save_model_atomic, log)
+    log(summary_line(results, run.run_dir))
+    if run.config.log.report:
+        write_run_report(run.run_dir, log)
 
 
 def grpo_step(run: TrainingRun, step: int, stream):

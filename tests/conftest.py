@@ -21,11 +21,11 @@ TINY = [
 ]
 
 
-def run_cli(*args: str, check: bool = False, timeout: int = 600, env: dict | None = None):
-    """Run `python -m grpolab ARGS` from the repository root; returns the CompletedProcess."""
+def run_cli(*args: str, check: bool = False, timeout: int = 600, env: dict | None = None, cwd=ROOT):
+    """Run `python -m grpolab ARGS` (from the repository root unless `cwd`); returns the CompletedProcess."""
     result = subprocess.run(
         [sys.executable, "-m", "grpolab", *args],
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -111,3 +111,20 @@ def test_a_worker_that_dies_is_replaced_and_its_row_is_an_error():
         scores = runner.score(["ok", "die", "ok"], [{}] * 3)
     assert scores.parts["dies"] == [1.0, 0.0, 1.0]
     assert scores.error_messages == ["reward 'dies' failed on row 1: the worker process died"]
+
+
+def test_workers_die_on_sigterm_under_the_trainers_stop_handler():
+    """The trainer's StopRequest turns SIGTERM into a flag; a forked worker inherited it and ignored SIGTERM,
+    so interpreter exit (which terminates daemon workers) hung forever after a failed run."""
+    import signal
+
+    from grpolab.runs import StopRequest
+
+    with StopRequest():
+        runner = RewardRunner({"hangs": hangs}, {"hangs": 1.0}, num_workers=1, timeout_seconds=30)
+        runner.score(["ok"], [{}])
+        worker = runner.workers[0].process
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.join(timeout=20)
+        assert not worker.is_alive()
+        runner.close()

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from grpolab.hf_cache import cache_argument, output_cache
+
 LOGIT_CHUNK_ROWS = 8
 LOGIT_CHUNK_TOKENS = 512  # tokens per weight-gradient matmul: [512, V] bf16 logit gradients, 50 MB at V = 49k
 CACHE_CHUNK_TOKENS = 64  # tokens per fp32 pass over [n, V] (12.6 MB at V = 49k): the passes stay in cache
@@ -84,13 +86,17 @@ def shared_prefix_hidden(model, prompt_ids, prompt_mask, completion_ids, complet
     first = out.last_hidden_state[prompt_index, -1:]  # [B, 1, H]: the last prompt state predicts o_0
     if completion_ids.shape[1] == 1:
         return first
-    cache = out.past_key_values
+    cache = output_cache(out)
     cache.batch_select_indices(prompt_index)  # [N, heads, P, d] -> [B, heads, P, d] in every layer
     inputs = completion_ids[:, :-1]  # o_0..o_{T-2} predict o_1..o_{T-1}
     attention_mask = torch.cat([prompt_mask[prompt_index], completion_mask[:, :-1]], dim=1)  # [B, P+T-1]
     positions = prompt_mask.sum(1)[prompt_index, None] + torch.arange(inputs.shape[1], device=inputs.device)
     rest = decoder(
-        input_ids=inputs, attention_mask=attention_mask, position_ids=positions, past_key_values=cache, use_cache=True
+        input_ids=inputs,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        use_cache=True,
+        **cache_argument(decoder, cache),
     ).last_hidden_state  # [B, T-1, H]
     return torch.cat([first, rest], dim=1)  # [B, T, H]
 

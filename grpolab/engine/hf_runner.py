@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from grpolab.algorithms.logprobs import position_ids_from_mask
+from grpolab.hf_cache import cache_argument
 
 
 class HFRunner:
@@ -34,7 +35,7 @@ class HFRunner:
             input_ids=ids,
             attention_mask=mask,
             position_ids=position_ids_from_mask(mask),
-            past_key_values=self.cache,
+            **cache_argument(self.model, self.cache),
             use_cache=True,
             logits_to_keep=1,
         )
@@ -50,7 +51,7 @@ class HFRunner:
             input_ids=tokens.unsqueeze(1),
             attention_mask=self.mask,
             position_ids=self.next_position.unsqueeze(1),
-            past_key_values=self.cache,
+            **cache_argument(self.model, self.cache),
             use_cache=True,
             logits_to_keep=1,
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing
+import signal
 import time
 import traceback
 from collections.abc import Callable
@@ -75,7 +76,11 @@ def describe(error: BaseException) -> str:
 
 
 def worker_loop(functions: dict[str, Callable], connection) -> None:
-    """Runs in a forked worker: (name, completion, example) in, ("ok", value) or ("error", text) out."""
+    """Runs in a forked worker: (name, completion, example) in, ("ok", value) or ("error", text) out.
+    The fork inherits the trainer's stop handler, which would turn SIGTERM into a no-op here and leave the
+    parent waiting forever for a worker to exit: a worker dies on SIGTERM, and leaves Ctrl-C to the parent."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
             name, completion, example = connection.recv()

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from grpolab.rewards.format import answer_last, r1_format_strict
 from grpolab.rewards.math import extract_answer, number_correctness, numbers_equal
 from grpolab.rewards.runner import cheap
+from grpolab.tasks import TaskError
 from grpolab.tasks.base import Task
 
 HELD_OUT_SEED = 20240205  # fixed: the held-out split is the same for every run
@@ -80,7 +81,7 @@ class ArithmeticTask(Task):
 
     def __init__(self, format_weight: float = 0.0, template: str = "default"):
         if template not in ("default", "r1_zero"):
-            raise ValueError(f"template: got {template!r}, expected 'default' or 'r1_zero'")
+            raise TaskError(f"template: got {template!r}, expected 'default' or 'r1_zero'")
         self.template = template
         self.format_weight = 1.0 if template == "r1_zero" and not format_weight else format_weight
         self.stop_strings = ("</answer>",) if template == "r1_zero" else ()
@@ -104,7 +105,7 @@ class ArithmeticTask(Task):
 
     def eval_examples(self, n: int) -> list[dict]:
         if n > HELD_OUT_SIZE:
-            raise ValueError(f"eval.n: the arithmetic held-out split has {HELD_OUT_SIZE} examples, got {n}")
+            raise TaskError(f"eval.n: the arithmetic held-out split has {HELD_OUT_SIZE} examples, got {n}")
         return self._held_out[:n]
 
     def prompt_text(self, example: dict) -> str | None:

@@ -32,6 +32,12 @@ class Task:
         """The first n examples of the fixed held-out split."""
         raise NotImplementedError
 
+    def drop_rows(self, fits) -> dict[str, list[int]]:
+        """Drop training rows for which `fits(row)` is False; returns the dropped indices per split
+        ("train", "held_out"; held-out rows are reported, not dropped, so `eval.n` keeps its meaning).
+        Generated tasks write their own short prompts: nothing to drop."""
+        return {"train": [], "held_out": []}
+
     def question(self, example: dict) -> str:
         return example["question"]
 

@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterator
 from fractions import Fraction
 
+from grpolab.tasks import TaskError
 from grpolab.tasks.data import FileTask
 
 HELD_OUT_SEED = 20250122
@@ -116,11 +117,14 @@ class CountdownTask(FileTask):
             if problem_key(problem) not in held_out:
                 yield problem
 
+    def drop_rows(self, fits) -> dict[str, list[int]]:
+        return super().drop_rows(fits) if self.source else {"train": [], "held_out": []}
+
     def eval_examples(self, n: int) -> list[dict]:
         if self.source:
             return super().eval_examples(n)
         if n > HELD_OUT_SIZE:
-            raise ValueError(f"eval.n: the countdown held-out split has {HELD_OUT_SIZE} examples, got {n}")
+            raise TaskError(f"eval.n: the countdown held-out split has {HELD_OUT_SIZE} examples, got {n}")
         return self._held_out[:n]
 
     def question(self, example: dict) -> str:

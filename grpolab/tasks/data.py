@@ -133,6 +133,17 @@ class FileTask(Task):
                 raise TaskError(f"task {self.name} needs a data file: task={self.name}:PATH")
         return self._splits
 
+    def drop_rows(self, fits) -> dict[str, list[int]]:
+        splits = self.splits()
+        dropped = {
+            "train": [index for index, row in enumerate(splits.train) if not fits(row)],
+            "held_out": [index for index, row in enumerate(splits.held_out) if not fits(row)],
+        }
+        if dropped["train"]:
+            gone = set(dropped["train"])
+            splits.train = [row for index, row in enumerate(splits.train) if index not in gone]
+        return dropped
+
     def train_stream(self, seed: int) -> Iterator[dict]:
         return endless_stream(self.splits().train, seed)
 
