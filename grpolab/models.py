@@ -42,6 +42,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GRPOLAB_CACHE", Path.home() / ".cache" / "grpolab"))
 
 
+def models_dir() -> Path:
+    """The converted models, one folder per transformers major release: a tokenizer saved by transformers 5
+    names a class that 4 does not have, so an upgrade or downgrade converts again instead of failing to load."""
+    import transformers
+
+    return cache_dir() / "models" / f"transformers-{transformers.__version__.split('.')[0]}"
+
+
 def resolve_model_path(name: str, log=print) -> str:
     """Turn a `model` config value into something `from_pretrained` accepts (a folder or a hub id)."""
     if name == "smollm2-135m":
@@ -72,7 +80,7 @@ def writable_parent(target: Path) -> None:
 
 
 def ensure_smollm2(log=print) -> Path:
-    target = cache_dir() / "models" / "smollm2-135m"
+    target = models_dir() / "smollm2-135m"
     if (target / "config.json").exists():
         return target
     writable_parent(target)
@@ -132,6 +140,7 @@ def build_tiny_tokenizer():
         eos_token="<|im_end|>",
         unk_token="<unk>",
         additional_special_tokens=["</s>", "<|im_start|>"],
+        model_input_names=["input_ids", "attention_mask"],  # a Llama takes no token_type_ids (transformers 4 sent them)
     )
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
@@ -158,7 +167,7 @@ def build_tiny_random_model(vocab_size: int, eos_token_id: int, pad_token_id: in
 
 
 def ensure_tiny_random() -> Path:
-    target = cache_dir() / "models" / "tiny-random"
+    target = models_dir() / "tiny-random"
     if (target / "config.json").exists():
         return target
     writable_parent(target)

@@ -136,8 +136,8 @@ def drop_overlong_rows(task, tokenizer, policy, config: Config, log) -> None:
         return
     new_tokens = max(config.rollout.max_new_tokens, config.eval.max_new_tokens)
     if new_tokens >= context:
-        raise ConfigError(f"rollout.max_new_tokens / eval.max_new_tokens: {new_tokens} leaves no room for a prompt "
-                          f"in the model's context of {context} tokens")  # fmt: skip
+        raise ConfigError(f"rollout.max_new_tokens / eval.max_new_tokens: a prompt + {new_tokens} new tokens exceeds "
+                          f"the model's context of {context} tokens; lower them")  # fmt: skip
     dropped = task.drop_rows(PromptFit(tokenizer, task, context, new_tokens))
     evaluated = [index for index in dropped["held_out"] if index < config.eval.n]
     where = f"+ {new_tokens} new tokens exceed the model's context of {context} tokens"

@@ -289,3 +289,22 @@ def test_prepacked_bf16_linear_equals_f_linear_and_reloads():
     other = torch.randn(40, 24)
     linear.load(other, None)
     assert torch.equal(linear(x), torch.nn.functional.linear(x, other.bfloat16()))
+
+
+def test_no_prepacking_where_onednn_has_no_bf16_path(monkeypatch):
+    """An AVX2-only CPU: oneDNN refuses the bf16 reorder; the engine then keeps plain bf16 weights on F.linear."""
+    from grpolab.engine import decoder
+
+    def refuses(weight, rows):
+        raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support avx_ne_convert or ...")
+
+    decoder.onednn_bf16_reorder_works.cache_clear()
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuses)
+    try:
+        assert not onednn_prepacks(torch.bfloat16, torch.device("cpu"))
+        weight, x = torch.randn(40, 24), torch.randn(2, 5, 24).bfloat16()
+        linear = Linear(weight, None, torch.bfloat16)
+        assert not linear.prepacked
+        assert torch.equal(linear(x), torch.nn.functional.linear(x, weight.bfloat16()))
+    finally:
+        decoder.onednn_bf16_reorder_works.cache_clear()

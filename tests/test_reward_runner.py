@@ -78,7 +78,7 @@ def test_a_hanging_function_is_stopped_at_its_time_limit_and_the_pool_recovers()
     with RewardRunner({"hangs": hangs}, {"hangs": 1.0}, "zero", timeout_seconds=1.0, num_workers=2) as runner:
         start = time.monotonic()
         scores = runner.score(["ok", "hang", "ok", "ok"], [{}] * 4)
-        assert time.monotonic() - start < 5.0
+        assert time.monotonic() - start < 30.0  # far below the 60 s hang, with room for a loaded machine
         assert scores.parts["hangs"] == [1.0, 0.0, 1.0, 1.0]
         assert scores.errors == 1
         assert runner.score(["ok"], [{}]).totals == [1.0]  # the killed worker was replaced

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from grpolab.hf_cache import cache_argument, output_cache
+from grpolab.hf_compat import cache_argument, decoder_of, output_cache
 
 LOGIT_CHUNK_ROWS = 8
 LOGIT_CHUNK_TOKENS = 512  # tokens per weight-gradient matmul: [512, V] bf16 logit gradients, 50 MB at V = 49k
@@ -60,7 +60,7 @@ def full_sequence_hidden(model, prompt_ids, prompt_mask, completion_ids, complet
     """The decoder states that predict each completion token, [B, T, H], from one pass over prompt + completion."""
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T]
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [B, P+T]
-    hidden = model.get_decoder()(
+    hidden = decoder_of(model)(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
@@ -76,7 +76,7 @@ def shared_prefix_hidden(model, prompt_ids, prompt_mask, completion_ids, complet
     completions attend to them. The gather is differentiable, so the gradients of all G completions of a
     prompt flow back into one prompt pass. With G completions per prompt the prompt tokens cost 1/G of the
     unshared pass, in the forward and in the backward."""
-    decoder = model.get_decoder()
+    decoder = decoder_of(model)
     out = decoder(
         input_ids=prompt_ids,
         attention_mask=prompt_mask,

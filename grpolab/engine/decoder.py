@@ -16,6 +16,7 @@ Everything else (GPT-2 and any other causal LM) goes through `hf_runner.HFRunner
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -46,13 +47,21 @@ def onednn_prepacks(dtype: torch.dtype, device: torch.device) -> bool:
     """Prepack bf16 weights for oneDNN on CPU? `F.linear` reorders a plain bf16 weight into oneDNN's
     blocked layout on every call; a weight reordered once runs the 32-row decode GEMMs ~25% faster
     (measured, SmolLM2 shapes, 2 threads) with bit-identical results. fp32 stays on `F.linear`,
-    whose MKL kernels are what transformers uses, so greedy decoding stays token-identical."""
-    return (
-        dtype == torch.bfloat16
-        and device.type == "cpu"
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-    )
+    whose MKL kernels are what transformers uses, so greedy decoding stays token-identical.
+    Only where this CPU's oneDNN has a bf16 path (AVX-512 BW/VL/DQ, AVX-NE-CONVERT or AMX; not AVX2-only
+    x86 nor ARM): asked of the hardware once, by reordering a small weight."""
+    return dtype == torch.bfloat16 and device.type == "cpu" and onednn_bf16_reorder_works()
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_bf16_reorder_works() -> bool:
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16), Linear.ROWS_HINT)
+    except RuntimeError:  # "bf16 path needs the cpu support avx_ne_convert or avx512bw, avx512vl and avx512dq"
+        return False
+    return True
 
 
 class Linear:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from grpolab.algorithms.logprobs import position_ids_from_mask
-from grpolab.hf_cache import cache_argument
+from grpolab.hf_compat import cache_argument
 
 
 class HFRunner:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing
+import os
 import signal
 import time
 import traceback
@@ -95,7 +96,10 @@ def worker_loop(functions: dict[str, Callable], connection) -> None:
 
 class Worker:
     def __init__(self, functions: dict[str, Callable]):
-        context = multiprocessing.get_context("fork")  # inherits the functions: closures need no pickling
+        # the fork inherits the functions (closures need no pickling); a tokenizer that ran threads in the parent
+        # would warn in every child about disabling them, on the user's terminal
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        context = multiprocessing.get_context("fork")
         self.connection, child = context.Pipe()
         self.process = context.Process(target=worker_loop, args=(functions, child), daemon=True)
         self.process.start()

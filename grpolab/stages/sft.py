@@ -21,6 +21,7 @@ import torch
 
 from grpolab.config import ConfigError, LogConfig, check_ranges, to_yaml
 from grpolab.hardware import device, use_bf16
+from grpolab.hf_compat import decoder_of
 from grpolab.models import load_model, load_tokenizer, resolve_model_path
 from grpolab.runs import MetricsWriter, prepare_run_dir, save_model_atomic, write_text_atomic
 from grpolab.stages.sft_data import collate, pack, read_records, tokenise
@@ -93,7 +94,7 @@ def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
 def learned_hidden(model, batch: dict, on: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states that predict a learned token, [N, H], and those tokens, [N]; the vocabulary
     projection is left to the loss so that only learned positions pay for it."""
-    hidden = model.get_decoder()(
+    hidden = decoder_of(model)(
         input_ids=batch["input_ids"].to(on),
         attention_mask=batch["attention_mask"].to(on),
         position_ids=batch["position_ids"].to(on),

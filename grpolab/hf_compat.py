@@ -1,7 +1,7 @@
-"""The key/value cache argument of a transformers model's forward, under either of its names.
+"""What differs between the transformers releases grpolab supports (pyproject.toml's range), in one place.
 
-transformers 5.2x renamed `past_key_values` to `cache` (in the forward's arguments and in its outputs) and
-removes the old name in 5.40; older releases know only `past_key_values`. grpolab passes whichever name the
+The key/value cache: transformers 5.2x renamed `past_key_values` to `cache` (in the forward's arguments and
+in its outputs) and removes the old name in 5.40; older releases know only `past_key_values`. grpolab passes whichever name the
 model's own forward declares, so the same code runs on both sides of the rename without deprecation warnings.
 """
 
@@ -24,3 +24,11 @@ def cache_argument(module, cache) -> dict:
 def output_cache(output):
     """The cache a forward returned (`output.cache`, or `output.past_key_values` before the rename)."""
     return output["cache"] if "cache" in output else output["past_key_values"]
+
+
+def decoder_of(model):
+    """The decoder stack under a causal LM's head (its hidden states, no logits). transformers 5 finds it for
+    every architecture through `get_decoder()`; 4.x returns the LM itself for some (GPT-2), whose stack is then
+    its `base_model`."""
+    decoder = model.get_decoder()
+    return model.base_model if decoder is model else decoder
