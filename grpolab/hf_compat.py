@@ -1,8 +1,9 @@
 """What differs between the transformers releases grpolab supports (pyproject.toml's range), in one place.
 
 The key/value cache: transformers 5.2x renamed `past_key_values` to `cache` (in the forward's arguments and
-in its outputs) and removes the old name in 5.40; older releases know only `past_key_values`. grpolab passes whichever name the
-model's own forward declares, so the same code runs on both sides of the rename without deprecation warnings.
+in its outputs) and removes the old name in 5.40; older releases know only `past_key_values`. grpolab passes
+whichever name the model's own forward declares, so the same code runs on both sides of the rename without
+deprecation warnings.
 """
 
 from __future__ import annotations
