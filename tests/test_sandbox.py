@@ -41,13 +41,23 @@ def mode(request, monkeypatch):
     sandbox.isolation.cache_clear()
 
 
+@pytest.fixture(autouse=True)
+def private_temp(tmp_path, monkeypatch):
+    """Sandbox folders go to a temporary folder of this test's own, so that another test run on the machine
+    (another checkout's, CI's) cannot make "no folder left" fail, nor this run fail it."""
+    folder = tmp_path / "temp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+
+
 def sandbox_folders() -> set[str]:
     return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("grpolab-sandbox-")}
 
 
 def sandbox_processes() -> list[int]:
-    """Living processes (not zombies) with a sandbox uid, read from /proc."""
-    top = sandbox.UID_BASE + sandbox.PID_LIMIT * sandbox.SLOTS
+    """Living processes (not zombies) with a sandbox uid of this process (other processes' sandboxes are
+    theirs to clean up), read from /proc."""
+    first = sandbox.UID_BASE + os.getpid() * sandbox.SLOTS
     found = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -55,7 +65,7 @@ def sandbox_processes() -> list[int]:
         except (OSError, ValueError):
             continue
         uid = int(status["Uid"].split()[0])
-        if sandbox.UID_BASE <= uid < top and status["State"].split()[0] not in ("Z", "X"):
+        if first <= uid < first + sandbox.SLOTS and status["State"].split()[0] not in ("Z", "X"):
             found.append(int(entry))
     return found
 

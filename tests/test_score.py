@@ -79,6 +79,38 @@ def test_bad_input_is_one_line_and_nothing_is_overwritten(tmp_path, capsys):
     assert code == 2 and "reward.weights.x" in err
 
 
+def test_humaneval_problems_whose_tests_use_prompt_helpers_pass_and_wrong_ones_fail(tmp_path, capsys):
+    """HumanEval/32, 38 and 50 test through helpers of the prompt (`poly`, `encode_cyclic`, `encode_shift`),
+    which the checker defines from the prompt: the canonical solutions pass, wrong ones fail."""
+    problems = get_task("humaneval").problems()
+    chosen = ["HumanEval/0", "HumanEval/32", "HumanEval/38", "HumanEval/50", "HumanEval/53"]
+    rows = [{"task_id": task_id, "completion": problems[task_id]["canonical_solution"]} for task_id in chosen]
+    rows += [{"task_id": task_id, "completion": "    return None\n"} for task_id in chosen]
+    rows.append({"task_id": "HumanEval/38", "completion": "    return encode_cyclic(s)\n"})
+    # a completion that brings its own (identity) encoder: the test still uses the prompt's
+    own_encoder = "def encode_cyclic(s):\n    return s\n\ndef decode_cyclic(s):\n    return s\n"
+    rows.append({"task_id": "HumanEval/38", "completion": own_encoder})
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    output = tmp_path / "out.jsonl"
+    code, _, _ = score(capsys, "--task", "humaneval", "--input", source, "--output", output, "--workers", 4)
+    assert code == 0
+    assert [json.loads(line)["reward"] for line in output.read_text().splitlines()] == [1.0] * 5 + [0.0] * 7
+
+
+def test_a_humaneval_row_with_a_task_id_that_is_not_a_known_string_is_one_line(tmp_path, capsys):
+    output = tmp_path / "out.jsonl"
+    for task_id, message in [
+        (["HumanEval/0"], 'row 2: task humaneval: task_id must be a string such as "HumanEval/0", got ["HumanEval/0"]'),
+        ({"id": 0}, "row 2: task humaneval: task_id must be a string"),
+        ("HumanEval/999", "row 2: task humaneval: unknown task_id 'HumanEval/999'"),
+    ]:
+        rows = [{"task_id": "HumanEval/0", "completion": "x"}, {"task_id": task_id, "completion": "x"}]
+        source = write_jsonl(tmp_path / "in.jsonl", rows)
+        code, _, err = score(capsys, "--task", "humaneval", "--input", source, "--output", output)
+        assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+        assert not output.exists()
+
+
 @pytest.mark.slow
 def test_all_164_humaneval_canonical_solutions_score_one(tmp_path, capsys):
     problems = get_task("humaneval").problems()

@@ -49,10 +49,15 @@ def read_rows(task, path: str) -> list[dict]:
     from grpolab.tasks.data import read_jsonl
 
     rows = read_jsonl(path, (*task.fields, "completion"))
+    prepared = []
     for number, row in enumerate(rows, 1):
         if not isinstance(row["completion"], str):
             raise TaskError(f"{path} row {number}: `completion` must be a string")
-    return [task.prepare_row(row) for row in rows]
+        try:
+            prepared.append(task.prepare_row(row))
+        except TaskError as error:
+            raise TaskError(f"{path} row {number}: {error}") from None
+    return prepared
 
 
 def run(args) -> int:

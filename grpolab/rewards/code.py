@@ -2,6 +2,10 @@
 sandbox (`grpolab.rewards.sandbox`), score 1.0 when every test passes (or the fraction passing). No torch.
 
 HumanEval's convention: the program is prompt + completion, then the tests, then `check(entry_point)`.
+Here the program runs in the sandbox's candidate process and the tests in its checker (see
+`grpolab.rewards.sandbox`): the tests call the entry point through a proxy, and the helpers the tests take
+from the prompt (`poly` in HumanEval/32, `encode_cyclic` in 38, `encode_shift` in 50) are defined in the
+checker from the prompt itself (`trusted_setup`), so a completion that redefines them changes nothing.
 Two departures for chat models, which rarely continue a prompt verbatim: a fenced code block in the
 completion is used when present (the first one that defines the entry point, else the first one), and
 when the code defines the entry-point function itself the prompt is not prepended, only the prompt's
@@ -16,6 +20,7 @@ a second time.
 
 from __future__ import annotations
 
+import ast
 import re
 import threading
 from collections import OrderedDict
@@ -56,24 +61,40 @@ def humaneval_program(prompt: str, completion: str, entry_point: str) -> str:
     return prompt + code
 
 
+def trusted_setup(prompt: str, entry_point: str) -> str:
+    """The prompt's code without the entry point's stub: its imports and helpers, for the checker. A prompt
+    that does not parse gives only its import lines."""
+    try:
+        tree = ast.parse(prompt)
+    except SyntaxError:
+        return import_lines(prompt)
+    tree.body = [
+        node
+        for node in tree.body
+        if not (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point)
+    ]
+    return ast.unparse(tree)
+
+
 def sandboxed_tests_reward(
-    program: str, tests: list[str], limits: SandboxLimits | None = None, partial: bool = False
+    program: str, tests: list[str], limits: SandboxLimits | None = None, partial: bool = False, setup: str = ""
 ) -> float:
     """1.0 when all tests pass (0.0 otherwise), or with `partial` the fraction of tests passing."""
-    result = run_python(program, tests, limits)
+    result = run_python(program, tests, limits, setup)
     if partial:
         return result.fraction
     return 1.0 if result.status == "passed" else 0.0
 
 
 class SandboxedTests:
-    """A batched code reward (module docstring). `build(completion, example)` gives (program, tests)."""
+    """A batched code reward (module docstring). `build(completion, example)` gives (program, tests) or
+    (program, tests, setup), setup being trusted code the tests need (`trusted_setup`)."""
 
     batched = True
 
     def __init__(
         self,
-        build: Callable[[str, dict], tuple[str, list[str]]],
+        build: Callable[[str, dict], tuple],
         limits: SandboxLimits | None = None,
         partial: bool = False,
         concurrency: int = 2,
@@ -88,13 +109,14 @@ class SandboxedTests:
         self.lock = threading.Lock()
 
     def result(self, completion: str, example: dict) -> SandboxResult:
-        program, tests = self.build(completion, example)
-        key = (program, tuple(tests))
+        program, tests, *rest = self.build(completion, example)
+        setup = rest[0] if rest else ""
+        key = (program, tuple(tests), setup)
         with self.lock:
             if key in self.results:
                 self.results.move_to_end(key)
                 return self.results[key]
-        result = run_python(program, tests, self.limits)
+        result = run_python(program, tests, self.limits, setup)
         with self.lock:
             self.results[key] = result
             while len(self.results) > self.remembered:

