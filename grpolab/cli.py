@@ -11,13 +11,10 @@ import argparse
 import importlib
 import sys
 
-from grpolab.malloc import keep_freed_memory
+from grpolab.errors import UserError
+from grpolab.model.memory import keep_freed_memory
 
 COMMANDS = ["train", "eval", "sft", "sample", "distill", "pipeline", "score", "report", "chat", "bench"]
-
-
-class UserError(Exception):
-    """Raised for problems the user can fix; printed as one line."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,12 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from grpolab.config import ConfigError
-    from grpolab.errors import RunFolderError
-    from grpolab.models import ModelError
-    from grpolab.rewards.runner import RewardError
-    from grpolab.runs import TrainingError
-    from grpolab.tasks import TaskError
+    from grpolab.errors import ConfigError, ModelError, RewardError, RunFolderError, TaskError, TrainingError
 
     return (
         UserError,
@@ -89,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    keep_freed_memory()  # before the first large tensor (grpolab/malloc.py)
+    keep_freed_memory()  # before the first large tensor (grpolab/model/memory.py)
     parser = build_parser()
     args = parse_arguments(parser, argv)
     if not getattr(args, "func", None):

@@ -17,9 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration problem; the message is one line naming the key."""
+from grpolab.errors import ConfigError
 
 
 @dataclass
@@ -143,7 +141,7 @@ class LogConfig:
 
 @dataclass
 class ParallelConfig:
-    """Many processes (grpolab/distributed.py): launched by torchrun or `grpolab train --nproc N`."""
+    """Many processes (grpolab/parallel/distributed.py): launched by torchrun or `grpolab train --nproc N`."""
 
     strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp: FSDP2 `fully_shard`, weights/grads/optimizer state sharded
     cpu_offload: bool = False  # fsdp on GPUs: keep the sharded weights and optimizer state in CPU memory
@@ -337,6 +335,11 @@ def validate(config: Config) -> None:
         raise ConfigError("model: must name a model (smollm2-135m, tiny-random, a folder or a hub id)")
     if config.grpo.kl_in_reward and config.grpo.beta == 0:
         raise ConfigError("grpo.kl_in_reward: needs grpo.beta > 0 (beta is the coefficient of the KL in the reward)")
+    if config.grpo.algorithm == "online_rft" and config.grpo.advantage != "group":
+        raise ConfigError(
+            f"grpo.advantage: {config.grpo.advantage!r} has no effect with grpo.algorithm=online_rft (its coefficient "
+            "is 1[correct]); leave grpo.advantage at its default"
+        )
     if config.grpo.kl_in_reward and (config.grpo.advantage == "process" or config.grpo.algorithm == "online_rft"):
         raise ConfigError("grpo.kl_in_reward: works with outcome rewards only (not process or online_rft)")
     if config.lora.rank and config.parallel.strategy == "fsdp":

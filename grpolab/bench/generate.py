@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from grpolab.config import ConfigError, _apply, parse_override
+from grpolab.config import _apply, parse_override
 from grpolab.engine.base import SamplingParams
+from grpolab.errors import ConfigError
 
 
 @dataclass
@@ -67,8 +68,8 @@ def timed(engine, prompts, samples, params) -> float:
 def run(overrides: list[str]) -> int:
     from grpolab.engine.grpolab_engine import GrpolabEngine
     from grpolab.engine.hf import HFEngine
-    from grpolab.models import load_model, load_tokenizer, resolve_model_path
-    from grpolab.rollout import encode_prompt
+    from grpolab.model.loading import load_model, load_tokenizer, resolve_model_path
+    from grpolab.rollout.batch import encode_prompt
     from grpolab.tasks import get_task
 
     config = parse(overrides)

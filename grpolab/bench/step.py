@@ -73,9 +73,10 @@ def peak_rss_gb() -> float:
 
 def run_grpolab_side(overrides: list[str], warmup: int, steps: int, all_prompts: bool, floor: bool = False) -> dict:
     from grpolab.bench.matmul_floor import MatmulRecorder, time_matmuls
-    from grpolab.distributed import Parallel
-    from grpolab.step_metrics import Timer
-    from grpolab.trainer import grpo_step, setup
+    from grpolab.parallel.distributed import Parallel
+    from grpolab.training.metrics import Timer
+    from grpolab.training.setup import setup
+    from grpolab.training.trainer import grpo_step
 
     with tempfile.TemporaryDirectory() as folder:
         config = bench_config(overrides, folder)
@@ -116,7 +117,7 @@ def child_main(argv: list[str]) -> int:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     if args.side == "grpolab":
-        from grpolab.malloc import keep_freed_memory
+        from grpolab.model.memory import keep_freed_memory
 
         keep_freed_memory()  # as `grpolab train` does (the TRL side keeps its default malloc)
     if args.side == "trl":
@@ -173,7 +174,7 @@ def add_arguments(parser) -> None:
 
 
 def run(overrides: list[str], args=None) -> int:
-    from grpolab.config import ConfigError
+    from grpolab.errors import ConfigError
 
     args = args or argparse.Namespace(
         vs="none",

@@ -28,8 +28,8 @@ SCALE_REWARDS = {"group": "group", "batch": "batch", "none": "none"}
 
 def trl_arguments(config, output_dir: str, max_steps: int, options: dict) -> dict:
     """GRPOConfig keyword arguments equivalent to grpolab's `config` (see the module docstring)."""
-    from grpolab.config import ConfigError
-    from grpolab.hardware import device
+    from grpolab.errors import ConfigError
+    from grpolab.model.precision import device
 
     rollout, train, grpo = config.rollout, config.train, config.grpo
     batch = rollout.prompts_per_step * rollout.group_size
@@ -139,7 +139,7 @@ def run_trl_side(
     from trl import GRPOConfig, GRPOTrainer
 
     from grpolab.bench.step import bench_config, peak_rss_gb, prompt_stream
-    from grpolab.models import load_tokenizer, resolve_model_path
+    from grpolab.model.loading import load_tokenizer, resolve_model_path
     from grpolab.rewards.runner import RewardRunner, resolve_weights
     from grpolab.tasks import get_task
 

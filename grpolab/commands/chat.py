@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from grpolab.cli import UserError
+from grpolab.errors import UserError
 
 
 def register(subparsers) -> None:
@@ -40,7 +40,7 @@ def register(subparsers) -> None:
 
 def model_location(name: str) -> str:
     """A run folder stands for its final model; anything else is resolved like the `model` config key."""
-    from grpolab.models import resolve_model_path
+    from grpolab.model.loading import resolve_model_path
 
     folder = Path(name).expanduser()
     if (folder / "final" / "config.json").is_file():
@@ -87,8 +87,8 @@ def check_args(args) -> None:
 
 def load_engine(args):
     from grpolab.engine import make_engine
-    from grpolab.hardware import device
-    from grpolab.models import load_model, load_tokenizer
+    from grpolab.model.loading import load_model, load_tokenizer
+    from grpolab.model.precision import device
 
     path = model_location(args.model)
     tokenizer = load_tokenizer(path)

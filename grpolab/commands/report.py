@@ -19,7 +19,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from grpolab.report import write_report
+    from grpolab.report.writer import write_report
 
     print(write_report(args.runs, args.output))
     return 0

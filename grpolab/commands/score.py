@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 
 
 def parse_weights(items: list[str]) -> dict[str, float]:
-    from grpolab.cli import UserError
+    from grpolab.errors import UserError
 
     weights = {}
     for item in items:
@@ -45,7 +45,7 @@ def parse_weights(items: list[str]) -> dict[str, float]:
 
 
 def read_rows(task, path: str) -> list[dict]:
-    from grpolab.tasks import TaskError
+    from grpolab.errors import TaskError
     from grpolab.tasks.data import read_jsonl
 
     rows = read_jsonl(path, (*task.fields, "completion"))
@@ -61,8 +61,8 @@ def read_rows(task, path: str) -> list[dict]:
 
 
 def run(args) -> int:
-    from grpolab.cli import UserError
     from grpolab.config import RewardConfig
+    from grpolab.errors import UserError
     from grpolab.rewards.runner import RewardRunner, resolve_weights
     from grpolab.tasks import get_task
 

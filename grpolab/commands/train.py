@@ -55,9 +55,10 @@ def launch_torchrun(nproc: int, args) -> None:
 
 
 def run(args) -> int:
-    from grpolab.config import ConfigError, load_config
-    from grpolab.distributed import check_world, launched_by_torchrun, leave_worker
-    from grpolab.trainer import train
+    from grpolab.config import load_config
+    from grpolab.errors import ConfigError
+    from grpolab.parallel.distributed import check_world, launched_by_torchrun, leave_worker
+    from grpolab.training.trainer import train
 
     path, overrides = split_config_args(args.args)
     if args.quiet:

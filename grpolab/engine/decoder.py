@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from grpolab.algorithms.logprobs import position_ids_from_mask
+from grpolab.model.scoring import position_ids_from_mask
 
 SUPPORTED_TYPES = {"llama", "qwen2", "mistral"}
 STATIC_ROPE_TYPES = {"default", "linear", "llama3"}

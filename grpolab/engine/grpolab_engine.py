@@ -24,7 +24,7 @@ from grpolab.engine.base import Completion, SamplingParams
 from grpolab.engine.hf import left_pad, stop_ids
 from grpolab.engine.hf_runner import HFRunner
 from grpolab.engine.sampling import sample_tokens
-from grpolab.hardware import use_bf16
+from grpolab.model.precision import use_bf16
 
 COMPACT_FRACTION = 4  # compact once 1/4 of the rows in the batch have finished
 

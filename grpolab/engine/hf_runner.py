@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from grpolab.algorithms.logprobs import position_ids_from_mask
-from grpolab.hf_compat import cache_argument
+from grpolab.model.hf_compat import cache_argument
+from grpolab.model.scoring import position_ids_from_mask
 
 
 class HFRunner:

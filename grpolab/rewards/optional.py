@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from grpolab.config import ConfigError
+from grpolab.errors import ConfigError
 from grpolab.rewards.format import r1_format_partial, r1_format_strict
 from grpolab.rewards.language import SCRIPTS, language_consistency
 from grpolab.rewards.length import length_penalty, soft_overlong_punishment

@@ -30,9 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 
-
-class RewardError(ValueError):
-    """A reward function failed on a row; one line naming both."""
+from grpolab.errors import RewardError
 
 
 @dataclass
@@ -51,7 +49,7 @@ def cheap(function: Callable) -> Callable:
 
 def resolve_weights(task, overrides: dict[str, float]) -> dict[str, float]:
     """The task's default weights with the config's `reward.weights` applied; unknown names are errors."""
-    from grpolab.config import ConfigError
+    from grpolab.errors import ConfigError
 
     weights = dict(task.default_weights())
     functions = task.reward_functions()

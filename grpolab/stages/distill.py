@@ -21,11 +21,11 @@ from typing import Literal
 import torch
 
 from grpolab.algorithms.distillation import topk_kl
-from grpolab.cli import UserError
-from grpolab.config import ConfigError, LogConfig, RewardConfig, check_ranges, to_yaml
-from grpolab.hardware import device
-from grpolab.models import load_model, load_tokenizer, resolve_model_path
-from grpolab.runs import prepare_run_dir, save_model_atomic, write_text_atomic
+from grpolab.config import LogConfig, RewardConfig, check_ranges, to_yaml
+from grpolab.errors import ConfigError, UserError
+from grpolab.model.loading import load_model, load_tokenizer, resolve_model_path
+from grpolab.model.precision import device
+from grpolab.runs.folder import prepare_run_dir, save_model_atomic, write_text_atomic
 from grpolab.stages.sample import REJECTION_RANGES, RejectionConfig, SampleConfig, rejection_sample
 from grpolab.stages.sft import TRAIN_RANGES, SFTTrainConfig, cross_entropy_sum, fit, learned_hidden, prepare_rows
 from grpolab.stages.sft_data import read_records

@@ -17,13 +17,14 @@ from typing import Literal
 import torch
 
 from grpolab.algorithms.passk import majority_correct, mean, pass_at_1, pass_at_k
-from grpolab.config import ConfigError, check_ranges, to_yaml
+from grpolab.config import check_ranges, to_yaml
 from grpolab.engine import SamplingParams, make_engine
-from grpolab.evaluation import greedy_accuracy
-from grpolab.hardware import device
-from grpolab.models import load_model, load_tokenizer, resolve_model_path
-from grpolab.rollout import encode_prompt
-from grpolab.runs import prepare_run_dir, write_json_atomic, write_text_atomic
+from grpolab.errors import ConfigError
+from grpolab.model.loading import load_model, load_tokenizer, resolve_model_path
+from grpolab.model.precision import device
+from grpolab.rollout.batch import encode_prompt
+from grpolab.rollout.evaluation import greedy_accuracy
+from grpolab.runs.folder import prepare_run_dir, write_json_atomic, write_text_atomic
 from grpolab.tasks import get_task
 
 

@@ -23,8 +23,9 @@ from typing import Any, Literal
 
 import yaml
 
-from grpolab.config import Config, ConfigError, check_ranges, load_config, to_dict, to_yaml
-from grpolab.runs import prepare_run_dir, write_json_atomic, write_text_atomic
+from grpolab.config import Config, check_ranges, load_config, to_dict, to_yaml
+from grpolab.errors import ConfigError
+from grpolab.runs.folder import prepare_run_dir, write_json_atomic, write_text_atomic
 from grpolab.stages.evaluate import EvalRunConfig, evaluate, format_table
 
 KINDS = ("grpo", "sft", "sample", "distill", "eval")
@@ -195,7 +196,7 @@ def run_stage(kind: str, config) -> None:
     from grpolab.stages.distill import distill
     from grpolab.stages.sample import rejection_sample
     from grpolab.stages.sft import sft
-    from grpolab.trainer import train
+    from grpolab.training.trainer import train
 
     {"grpo": train, "sft": sft, "sample": rejection_sample, "distill": distill, "eval": evaluate}[kind](config)
 

@@ -17,14 +17,15 @@ from typing import Literal
 
 import torch
 
-from grpolab.config import ConfigError, RewardConfig, check_ranges, to_yaml
+from grpolab.config import RewardConfig, check_ranges, to_yaml
 from grpolab.engine import SamplingParams
+from grpolab.errors import ConfigError
 from grpolab.rewards import combine
-from grpolab.runs import prepare_run_dir, write_json_atomic, write_text_atomic
+from grpolab.rewards.runner import resolve_weights
+from grpolab.runs.folder import prepare_run_dir, write_json_atomic, write_text_atomic
 from grpolab.stages.evaluate import load_for_generation, sample_groups, write_jsonl
 from grpolab.stages.readability import normalised, unreadable_reason
 from grpolab.tasks import get_task
-from grpolab.trainer import resolve_weights
 
 
 @dataclass

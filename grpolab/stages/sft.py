@@ -19,13 +19,13 @@ from typing import Literal
 
 import torch
 
-from grpolab.config import ConfigError, LogConfig, check_ranges, to_yaml
-from grpolab.hardware import device, use_bf16
-from grpolab.hf_compat import decoder_of
-from grpolab.models import load_model, load_tokenizer, resolve_model_path
-from grpolab.runs import MetricsWriter, prepare_run_dir, save_model_atomic, write_text_atomic
+from grpolab.config import LogConfig, check_ranges, to_yaml
+from grpolab.errors import ConfigError
+from grpolab.model.hf_compat import decoder_of
+from grpolab.model.loading import load_model, load_tokenizer, resolve_model_path
+from grpolab.model.precision import autocast_context, device, use_bf16
+from grpolab.runs.folder import MetricsWriter, prepare_run_dir, save_model_atomic, write_text_atomic
 from grpolab.stages.sft_data import collate, pack, read_records, tokenise
-from grpolab.trainer import autocast_context
 
 
 @dataclass

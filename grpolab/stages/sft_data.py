@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from grpolab.cli import UserError
+from grpolab.errors import UserError
 
 
 @dataclass

@@ -7,12 +7,8 @@ test.jsonl; see each task's module for what it does without one.
 
 from __future__ import annotations
 
+from grpolab.errors import TaskError
 from grpolab.tasks.base import Task
-
-
-class TaskError(ValueError):
-    """An unknown task name or unusable task data; one line naming the problem."""
-
 
 TASKS = ["arithmetic", "countdown", "gsm8k", "math", "humaneval", "jsonl"]
 

@@ -17,10 +17,10 @@ import random
 import re
 from collections.abc import Iterator
 
+from grpolab.errors import TaskError
 from grpolab.rewards.format import answer_last, r1_format_strict
 from grpolab.rewards.math import extract_answer, number_correctness, numbers_equal
 from grpolab.rewards.runner import cheap
-from grpolab.tasks import TaskError
 from grpolab.tasks.base import Task
 
 HELD_OUT_SEED = 20240205  # fixed: the held-out split is the same for every run

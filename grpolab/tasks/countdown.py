@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterator
 from fractions import Fraction
 
-from grpolab.tasks import TaskError
+from grpolab.errors import TaskError
 from grpolab.tasks.data import FileTask
 
 HELD_OUT_SEED = 20250122

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from grpolab.tasks import TaskError
+from grpolab.errors import TaskError
 from grpolab.tasks.base import Task
 
 HELD_OUT_EVERY = 10

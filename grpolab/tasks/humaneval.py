@@ -17,9 +17,9 @@ from dataclasses import replace
 from importlib import resources
 
 from grpolab.config import RewardConfig
+from grpolab.errors import TaskError
 from grpolab.rewards.code import SandboxedTests, extract_code, humaneval_program, trusted_setup
 from grpolab.rewards.sandbox import SandboxLimits, isolation
-from grpolab.tasks import TaskError
 from grpolab.tasks.data import FileTask, Splits, read_jsonl, split_rows
 
 SANDBOX = SandboxLimits(timeout_seconds=10.0)

@@ -6,8 +6,8 @@ non-mathematical answer ("Paris") also by exact match after trimming and case-fo
 
 from __future__ import annotations
 
+from grpolab.errors import TaskError
 from grpolab.rewards.math import answer_span, math_correctness
-from grpolab.tasks import TaskError
 from grpolab.tasks.gsm8k import MathAnswerTask
 
 

@@ -1,0 +1,1 @@
+"""Rollouts: prompts -> G completions each -> rewards -> a padded batch; dynamic sampling; greedy evaluation."""

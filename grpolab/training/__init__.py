@@ -1,0 +1,2 @@
+"""Training: one GRPO step's experience (log-probs, advantages, loss masks), micro-batches, the reference
+model, the loop itself, iterative RL and the per-step metrics."""
