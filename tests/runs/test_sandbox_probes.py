@@ -18,7 +18,7 @@ import time
 import uuid
 
 import pytest
-from test_sandbox import (  # noqa: F401 (mode, private_temp: fixtures)
+from tests.unit.test_sandbox import (  # noqa: F401 (mode, private_temp: fixtures)
     mode,
     private_temp,
     sandbox_folders,
