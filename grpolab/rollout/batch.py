@@ -7,6 +7,7 @@ left-padded prompt followed by a right-padded completion, which is what `complet
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -71,11 +72,17 @@ class PromptFit:
     def __init__(self, tokenizer, task, context: int, max_new_tokens: int):
         self.tokenizer, self.task = tokenizer, task
         self.limit = context - max_new_tokens  # the most prompt tokens there is room for
-        self.overhead = len(encode_prompt(tokenizer, task, {**self.blank(), "question": ""})) + 8
-        self.longest_token = max((len(token) for token in tokenizer.get_vocab()), default=1) + 1
 
-    def blank(self) -> dict:
-        return {name: "" for name in getattr(self.task, "fields", ())}
+    # Measured on the first row checked, not when built: a task that generates its rows never checks one.
+    @functools.cached_property
+    def overhead(self) -> int:
+        """Tokens of the prompt template around an empty question (plus a margin for merges at its edges)."""
+        blank = {name: "" for name in getattr(self.task, "fields", ())}
+        return len(encode_prompt(self.tokenizer, self.task, {**blank, "question": ""})) + 8
+
+    @functools.cached_property
+    def longest_token(self) -> int:
+        return max((len(token) for token in self.tokenizer.get_vocab()), default=1) + 1
 
     def text_bytes(self, example: dict) -> int:
         text = self.task.prompt_text(example)

@@ -60,7 +60,7 @@ def never_started(folder: Path) -> bool:
         name = entry.name
         if name in NOT_STARTED or name.startswith("events.out.tfevents.") or is_staging(name):
             continue
-        if name in ("metrics.jsonl", "samples.jsonl") and entry.is_file() and not entry.read_text().strip():
+        if name in ("metrics.jsonl", "samples.jsonl") and entry.is_file() and entry.stat().st_size == 0:
             continue
         return False
     return True

@@ -45,6 +45,7 @@ class TrainingRun:
     config: Config
     run_dir: Path
     task: Task
+    eval_examples: list[dict]  # the first eval.n of the task's held-out split
     rewards: RewardRunner
     tokenizer: object
     policy: torch.nn.Module  # the causal LM (its weights sharded in place under FSDP)
@@ -67,7 +68,7 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
     check_task(task, config)
     weights = resolve_weights(task, config.reward.weights)
     check_backends(config.log)
-    task.eval_examples(config.eval.n)  # data that cannot load, or too few held-out rows, fail here
+    eval_examples = task.eval_examples(config.eval.n)  # data that cannot load, or too few rows, fail here
     locks: list[RunLock] = []  # the lock stays with rank 0; only the folder and checkpoint are broadcast
     run_dir, checkpoint = parallel.on_main(lambda: open_locked(config, locks))  # rank 0 writes the run folder
     lock = locks[0] if locks else None
@@ -94,6 +95,7 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
         config=config,
         run_dir=run_dir,
         task=task,
+        eval_examples=eval_examples,
         rewards=rewards,
         tokenizer=tokenizer,
         policy=policy,

@@ -79,7 +79,7 @@ def training_loop(run: TrainingRun, state: dict, log) -> dict | None:
     config, parallel, task, main = run.config, run.parallel, run.task, run.parallel.is_main
     metrics_writer = MetricsWriter(run.run_dir / "metrics.jsonl") if main else Silent()
     tracker = Tracker(config, run.run_dir) if main else Silent()
-    eval_examples = task.eval_examples(config.eval.n)
+    eval_examples = run.eval_examples
     progress = Progress(config.train.max_steps, config.log.quiet, config.log.every)
     if config.eval.before and eval_examples and "before" not in state["eval"]:
         state["eval"]["before"] = {"accuracy": evaluate(run, eval_examples)}

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from grpolab.config import load_config
-from tests.conftest import ROOT
+from tests.conftest import PRESETS, ROOT
 
 GOLDEN = Path(__file__).parent / "golden" / "presets.json"
-PRESETS = ["grpo", "r1_zero", "dr_grpo", "dapo", "gspo"]
 SMALL = [
     "model=tiny-random",
     "train.max_steps=3",

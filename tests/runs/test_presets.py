@@ -8,9 +8,8 @@ import pytest
 from grpolab.cli import main
 from grpolab.config import load_config
 from grpolab.errors import ConfigError
+from tests.conftest import PRESETS, ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
-PRESETS = ["grpo", "r1_zero", "dr_grpo", "dapo", "gspo"]
 SMALL = [
     "model=tiny-random",
     "rollout.engine=hf",
