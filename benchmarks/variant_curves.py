@@ -1,4 +1,4 @@
-"""Reward curves of every preset on the same task: runs `grpolab train configs/<preset>.yaml` for N steps
+"""Reward curves of every preset on the same task: runs `grpolab train <preset>` (grpolab/configs/) for N steps
 each (sequentially, one process at a time) and tabulates the mean reward per step from each run's
 metrics.jsonl, plus a plot when matplotlib is installed.
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_preset(preset: str, steps: int, out: Path, overrides: list[str]) -> tuple[list[dict], float]:
     run_dir = out / preset
     cmd = [
-        sys.executable, "-m", "grpolab", "train", str(ROOT / "configs" / f"{preset}.yaml"),
+        sys.executable, "-m", "grpolab", "train", str(ROOT / "grpolab" / "configs" / f"{preset}.yaml"),
         f"train.max_steps={steps}", f"output_dir={run_dir}", "overwrite=true", "log.quiet=true", *overrides,
     ]  # fmt: skip
     start = time.perf_counter()

@@ -8,8 +8,15 @@ run folder (`config.yaml`), so a run can always be reproduced from its own folde
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
+import io
+import json
 import math
 import re
+import textwrap
+import time
+import tokenize
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +24,36 @@ from typing import Any, Literal
 
 import yaml
 
+from grpolab import plugins
 from grpolab.errors import ConfigError
+
+
+@dataclass
+class RunConfig:
+    """The keys of every command that writes a run folder; each root config below builds on it."""
+
+    output_dir: str = ""  # the run folder (empty: runs/<name>)
+    name: str = "run-{time}"  # the folder under runs/ when output_dir is empty ({task}, {time} filled in)
+    overwrite: bool = False  # replace an existing run folder of this name
+    seed: int = 0  # seeds sampling, data order and any freshly built weights
+
+    def run_dir(self) -> Path:
+        """The run folder: output_dir as given, else runs/<name> with its {task} and {time} filled in. The first
+        call records the folder in output_dir (and the name it took), so later calls name the same folder and
+        config.yaml says where the run went."""
+        self.name, self.output_dir = run_place(self)
+        return Path(self.output_dir)
+
+    def validate(self) -> None:
+        """Checks across keys, run when the config is built; a root config adds its own."""
+
+
+@dataclass
+class GenerationRunConfig(RunConfig):
+    """A command that generates with an engine (eval, sample, distill, pipeline)."""
+
+    engine: Literal["grpolab", "hf"] = "grpolab"  # grpolab: the rollout engine; hf: transformers' generate
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"  # the engine's compute dtype (auto: bf16 where the CPU has it)
 
 
 @dataclass
@@ -64,7 +100,6 @@ class TrainConfig:
 class GRPOConfig:
     """Every variant is its own field; ALGORITHMS.md gives the formula each one selects."""
 
-    algorithm: Literal["grpo", "online_rft"] = "grpo"  # online_rft: gradient coefficient 1[correct]
     beta: float = 0.04
     kl_in_reward: bool = False  # PPO style: r_i - beta * sum_t KL_t instead of + beta * KL in the loss
     mu: int = 1
@@ -91,6 +126,20 @@ class GRPOConfig:
 
 
 @dataclass
+class PPOConfig:
+    """PPO with a value model (algorithm=ppo, ALGORITHMS.md section 7): GRPO's clip (grpo.eps_low / eps_high),
+    beta and KL estimator are shared; the KL is always in the reward, as k1 per token."""
+
+    gamma: float = 1.0  # GAE discount
+    lam: float = 0.95  # GAE lambda
+    value_model: str = ""  # a model whose decoder starts the value model (empty: a copy of the policy's)
+    value_learning_rate: float = 5e-5  # the value model's own learning rate (same schedule as the policy's)
+    value_clip: float = 0.2  # eps_v: the value loss clips V to V_old +- value_clip
+    epochs: int = 1  # optimisation passes over each rollout with fixed old policy and old values (GRPO's mu)
+    whiten_advantages: bool = True  # normalise the advantages over the batch's tokens
+
+
+@dataclass
 class LoraConfig:
     """LoRA through peft; rank 0 trains every weight."""
 
@@ -102,10 +151,14 @@ class LoraConfig:
 
 @dataclass
 class RewardConfig:
-    """Weights of the task's reward functions by name (an empty map uses the task's defaults), how they
-    run (grpolab/rewards/runner.py) and the options of the optional rewards (grpolab/rewards/optional.py)."""
+    """Weights of the reward functions by name (an empty map uses the task's defaults), your own reward
+    functions, how they run (grpolab/rewards/runner.py) and the options of the optional rewards
+    (grpolab/rewards/optional.py)."""
 
     weights: dict[str, float] = field(default_factory=dict)
+    # your own reward functions, FILE.py:NAME or MODULE:NAME (grpolab/plugins.py), each f(completion, example)
+    # -> float | None, weight 1 unless reward.weights.NAME says otherwise, logged as rewards/NAME
+    functions: list[str] = field(default_factory=list)
     on_error: Literal["raise", "zero"] = "raise"
     timeout_seconds: float = 30.0
     num_workers: int = 2
@@ -122,6 +175,7 @@ class EvalConfig:
     after: bool = True
     max_new_tokens: int = 32
     batch_size: int = 64
+    every: int = 0  # held-out greedy accuracy every N steps too (eval/accuracy in metrics.jsonl); 0: before / after
 
 
 @dataclass
@@ -148,32 +202,40 @@ class ParallelConfig:
 
 
 @dataclass
-class Config:
+class Config(RunConfig):
+    """`grpolab train`: GRPO and its variants."""
+
+    name: str = "grpo-{task}-{time}"
     model: str = "smollm2-135m"
     task: str = "arithmetic"
     template: Literal["default", "r1_zero"] = "default"  # r1_zero: the R1-Zero prompt and <think>/<answer> rewards
-    output_dir: str = ""
-    name: str = "grpo-arithmetic"
-    overwrite: bool = False
+    # grpo: group-normalised advantages; online_rft: gradient coefficient 1[correct]; ppo: a value model and GAE
+    algorithm: Literal["grpo", "online_rft", "ppo"] = "grpo"
     resume: bool = False
-    seed: int = 0
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
-    def run_dir(self) -> Path:
-        return Path(self.output_dir or f"runs/{self.name}")
+    def validate(self) -> None:
+        """The ranges, then the checks across keys. What needs the world size or the task is checked where those
+        are known: `parallel.distributed.check_world` and `training.setup.check_task`."""
+        check_ranges(self, RANGES)
+        validate_grpo(self)
+        # the user's code by absolute path: config.yaml then finds it from any folder (grpolab/plugins.py)
+        self.reward.functions = [plugins.absolute(spec) for spec in self.reward.functions]
+        self.task = plugins.absolute(self.task)
 
 
 # Range checks: key -> (predicate, what is allowed). Cross-field checks live in `validate`.
 RANGES: dict[str, tuple[Any, str]] = {
     "rollout.prompts_per_step": (lambda v: v >= 1, "an integer >= 1"),
-    "rollout.group_size": (lambda v: v >= 2, "an integer >= 2 (GRPO normalises within a group)"),
+    "rollout.group_size": (lambda v: v >= 1, "an integer >= 1 (>= 2 for GRPO, which normalises within a group)"),
     "rollout.max_new_tokens": (lambda v: v >= 1, "an integer >= 1"),
     "rollout.temperature": (lambda v: v >= 0, "a float >= 0"),
     "rollout.top_p": (lambda v: 0 < v <= 1, "a float in (0, 1]"),
@@ -192,6 +254,11 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.max_minutes": (lambda v: v >= 0, "a float >= 0 (0: no time budget)"),
     "train.max_nonfinite_steps": (lambda v: v >= 1, "an integer >= 1"),
     "grpo.beta": (lambda v: v >= 0, "a float >= 0"),
+    "ppo.gamma": (lambda v: 0 <= v <= 1, "a float in [0, 1]"),
+    "ppo.lam": (lambda v: 0 <= v <= 1, "a float in [0, 1]"),
+    "ppo.value_learning_rate": (lambda v: v >= 0, "a float >= 0"),
+    "ppo.value_clip": (lambda v: v > 0, "a float > 0"),
+    "ppo.epochs": (lambda v: v >= 1, "an integer >= 1"),
     "grpo.mu": (lambda v: v >= 1, "an integer >= 1"),
     "grpo.eps_low": (lambda v: v >= 0, "a float >= 0 (>= 1 disables the lower clip, as R1 stage 1 with eps 10)"),
     "grpo.eps_high": (lambda v: v >= 0, "a float >= 0"),
@@ -199,7 +266,6 @@ RANGES: dict[str, tuple[Any, str]] = {
     "grpo.rollout_cap": (lambda v: v >= 1, "a float >= 1 (the largest importance weight of a sample)"),
     "reward.timeout_seconds": (lambda v: v > 0, "a float > 0"),
     "reward.num_workers": (lambda v: v >= 0, "an integer >= 0 (0 scores in the trainer's process)"),
-    "reward.language": (lambda v: v in language_scripts(), "a language code with a known script, e.g. 'en', 'zh'"),
     "reward.overlong_buffer": (lambda v: 0 < v <= 1, "a float in (0, 1] (a fraction of max_new_tokens)"),
     "grpo.dynamic_sampling_max_rounds": (lambda v: v >= 1, "an integer >= 1"),
     "grpo.iteration_steps": (lambda v: v >= 0, "an integer >= 0 (0: one iteration, no reward-model retraining)"),
@@ -210,16 +276,11 @@ RANGES: dict[str, tuple[Any, str]] = {
     "eval.n": (lambda v: v >= 0, "an integer >= 0"),
     "eval.max_new_tokens": (lambda v: v >= 1, "an integer >= 1"),
     "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "eval.every": (lambda v: v >= 0, "an integer >= 0 (0: only before and after training)"),
     "log.every": (lambda v: v >= 1, "an integer >= 1"),
     "log.samples_every": (lambda v: v >= 0, "an integer >= 0 (0 turns the sample table off)"),
     "log.samples_prompts": (lambda v: v >= 1, "an integer >= 1"),
 }
-
-
-def language_scripts() -> dict:
-    from grpolab.rewards.language import SCRIPTS  # pure Python; the reward owns its table
-
-    return SCRIPTS
 
 
 FLOAT_TEXT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -241,6 +302,8 @@ def _coerce(key: str, value: Any, tp) -> Any:
     if tp is Any:  # checked later by whatever consumes it (e.g. a pipeline stage's own config)
         return value
     if origin is list:
+        if isinstance(value, str) and typing.get_args(tp) == (str,):
+            value = [value]  # `reward.functions=my.py:f`: one item needs no brackets
         if not isinstance(value, list):
             raise ConfigError(f"{key}: got {value!r}, expected a list")
         (item_type,) = typing.get_args(tp)
@@ -291,7 +354,12 @@ def _field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+MOVED = {"grpo.algorithm": "the top-level key algorithm (e.g. algorithm=online_rft)"}
+
+
 def _apply(obj, key_path: list[str], value: Any, full_key: str) -> None:
+    if full_key in MOVED:
+        raise ConfigError(f"{full_key}: is now {MOVED[full_key]}")
     name, rest = key_path[0], key_path[1:]
     types_ = _field_types(type(obj))
     if name not in types_:
@@ -327,25 +395,68 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def validate(config: Config) -> None:
-    check_ranges(config, RANGES)
+def settings_overrides(values: dict[str, Any]) -> list[str]:
+    """`key=value` overrides whose values survive the YAML reading of `load_config` (JSON is YAML)."""
+    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping of keys as dotted keys (`{"grpo": {"beta": 0}}` -> `{"grpo.beta": 0}`); lists and the
+    mapping of `reward.weights` stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value and f"{prefix}{key}" != "reward.weights":
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def validate_grpo(config: Config) -> None:
+    if config.algorithm != "ppo" and config.rollout.group_size < 2:
+        raise ConfigError(
+            f"rollout.group_size: got {config.rollout.group_size}, expected an integer >= 2 "
+            f"({config.algorithm} normalises within a group; algorithm=ppo takes 1)"
+        )
+    if config.algorithm == "ppo":
+        validate_ppo(config)
     if config.rollout.temperature == 0:
         raise ConfigError("rollout.temperature: 0 (greedy) gives G identical samples; use a temperature > 0")
     if not config.model:
         raise ConfigError("model: must name a model (smollm2-135m, tiny-random, a folder or a hub id)")
     if config.grpo.kl_in_reward and config.grpo.beta == 0:
         raise ConfigError("grpo.kl_in_reward: needs grpo.beta > 0 (beta is the coefficient of the KL in the reward)")
-    if config.grpo.algorithm == "online_rft" and config.grpo.advantage != "group":
+    if config.algorithm == "online_rft" and config.grpo.advantage != "group":
         raise ConfigError(
-            f"grpo.advantage: {config.grpo.advantage!r} has no effect with grpo.algorithm=online_rft (its coefficient "
+            f"grpo.advantage: {config.grpo.advantage!r} has no effect with algorithm=online_rft (its coefficient "
             "is 1[correct]); leave grpo.advantage at its default"
         )
-    if config.grpo.kl_in_reward and (config.grpo.advantage == "process" or config.grpo.algorithm == "online_rft"):
+    if config.grpo.kl_in_reward and (config.grpo.advantage == "process" or config.algorithm == "online_rft"):
         raise ConfigError("grpo.kl_in_reward: works with outcome rewards only (not process or online_rft)")
     if config.lora.rank and config.parallel.strategy == "fsdp":
         raise ConfigError("parallel.strategy: 'fsdp' with LoRA is not supported; use 'ddp' (LoRA trains few weights)")
     if config.lora.rank and not config.lora.target_modules.strip():
         raise ConfigError("lora.target_modules: must name modules (e.g. q_proj,v_proj) or be 'all-linear'")
+
+
+def validate_ppo(config: Config) -> None:
+    """What PPO does not combine with, each refused in one line rather than ignored."""
+    grpo = config.grpo
+    ignored = {
+        "grpo.advantage": grpo.advantage != "group",  # PPO's advantages are GAE's
+        "grpo.mu": grpo.mu != 1,  # PPO's passes are ppo.epochs
+        "grpo.kl_in_reward": grpo.kl_in_reward,  # always in the reward under PPO
+        "grpo.dynamic_sampling": grpo.dynamic_sampling,  # a group's spread means nothing to a value model
+        "grpo.iteration_steps": grpo.iteration_steps != 0,
+        "grpo.ratio_level": grpo.ratio_level != "token",
+    }
+    for key, set_ in ignored.items():
+        if set_:
+            raise ConfigError(f"{key}: has no meaning with algorithm=ppo; leave it at its default")
+    if config.lora.rank:
+        raise ConfigError("lora.rank: algorithm=ppo trains a full value model; LoRA is not supported with it")
+    if config.parallel.strategy == "fsdp":
+        raise ConfigError("parallel.strategy: 'fsdp' is not supported with algorithm=ppo; use 'ddp'")
 
 
 def check_ranges(config, ranges: dict[str, tuple[Any, str]]) -> None:
@@ -361,8 +472,8 @@ def check_ranges(config, ranges: dict[str, tuple[Any, str]]) -> None:
 def load_config(path: str | None = None, overrides: list[str] | tuple = (), root: type = Config):
     """Build a validated config from an optional YAML file and `key=value` overrides (applied in order).
 
-    `root` is the config dataclass to build: `Config` (GRPO, checked by `validate`) or another command's
-    config, which is checked by its own `validate()` method when it has one.
+    `root` is the config dataclass to build: `Config` (GRPO) or another command's config; each root checks
+    itself in its `validate()` method.
     """
     config = root()
     if path:
@@ -384,9 +495,7 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = (), root
     for text in overrides:
         key, value = parse_override(text)
         _apply(config, key.split("."), value, key)
-    if isinstance(config, Config):
-        validate(config)
-    elif hasattr(config, "validate"):
+    if hasattr(config, "validate"):
         config.validate()
     return config
 
@@ -400,16 +509,110 @@ def to_yaml(config) -> str:
 
 
 def describe_keys(config=None, prefix: str = "") -> list[str]:
-    """`key = default  (type)` lines for `--help`."""
+    """`key = default  (type) – what it is` lines for `--help`, the description taken from the field's comment."""
     config = config if config is not None else Config()
     lines = []
     for name, tp in _field_types(type(config)).items():
         value = getattr(config, name)
         if dataclasses.is_dataclass(tp):
             lines.extend(describe_keys(value, f"{prefix}{name}."))
-        else:
-            lines.append(f"  {prefix}{name} = {value!r}  ({_describe(tp)})")
+            continue
+        line = f"  {prefix}{name} = {value!r}  ({_describe(tp)})"
+        comment = field_comment(type(config), name)
+        lines.append(f"{line} – {shortened(comment, HELP_WIDTH - len(line) - 3)}" if comment else line)
     return lines
+
+
+HELP_WIDTH = 160  # a --help line's length beyond which a field's comment is cut
+
+
+def field_comment(cls: type, name: str) -> str:
+    """The comment of field `name`, from the nearest class in `cls`'s MRO whose body comments it (a root config
+    that redeclares `name` with a new default keeps its base's description)."""
+    for klass in cls.__mro__:
+        if dataclasses.is_dataclass(klass) and field_comments(klass).get(name):
+            return field_comments(klass)[name]
+    return ""
+
+
+@functools.cache
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field declared in `cls`'s own body -> its comment: the `# ...` on its line, else the comment lines
+    directly above it (no blank line between). Read from the class's source once."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # no source to read (a class built at run time, a frozen install)
+        return {}
+    comments: dict[str, str] = {}
+    above: list[str] = []  # comment lines since the last statement or blank line
+    code: list[tokenize.TokenInfo] = []  # the current logical line's tokens
+    trailing: list[str] = []  # comments inside the current logical line
+    depth, previous = 0, None
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.INDENT:
+            depth += 1
+        elif token.type == tokenize.DEDENT:
+            depth -= 1
+        elif token.type == tokenize.COMMENT:
+            (trailing if code else above).append(token.string.lstrip("#").strip())
+        elif token.type == tokenize.NL:
+            if not code and previous != tokenize.COMMENT:  # a blank line ends a comment block
+                above = []
+        elif token.type == tokenize.NEWLINE:
+            is_field = depth == 1 and len(code) > 1 and code[0].type == tokenize.NAME and code[1].string == ":"
+            if is_field and (trailing or above):
+                comments[code[0].string] = " ".join(trailing or above)
+            above, code, trailing = [], [], []
+        elif token.type != tokenize.ENDMARKER:
+            code.append(token)
+        previous = token.type
+    return comments
+
+
+def shortened(text: str, width: int) -> str:
+    """`text` cut at a word boundary to at most `width` characters (at least 40), marked with an ellipsis."""
+    width = max(width, 40)
+    if len(text) <= width:
+        return text
+    return text[: width - 1].rsplit(" ", 1)[0].rstrip(",;:") + "…"
+
+
+def run_place(config) -> tuple[str, str]:
+    """(name, output_dir) of a run. An output_dir is kept as given (a name still holding `{task}` or `{time}`,
+    shown by trackers, becomes the folder's name); without one the folder is runs/<name>, with `{task}` and
+    `{time}` filled in. A name with `{time}` is a new run's, so a folder already there (a run started in the same
+    second) makes it `<name>-2`, `-3`, ...; and it never names a run to resume."""
+    if config.output_dir:
+        placeholders = "{task}" in config.name or "{time}" in config.name
+        name = (Path(config.output_dir).name or "run") if placeholders else config.name
+        return name, config.output_dir
+    if "{time}" in config.name and getattr(config, "resume", False):
+        raise ConfigError(
+            "resume: say which run to continue: output_dir=RUN_DIR or name=NAME (or grpolab train --resume RUN_DIR)"
+        )
+    name = config.name
+    if "{task}" in name:
+        if not isinstance(getattr(config, "task", None), str):
+            raise ConfigError(f"name: {name!r} uses {{task}}, and this command has no task key")
+        name = name.replace("{task}", task_folder_name(config.task))
+    if "{time}" not in name:
+        return name, str(Path("runs") / name)
+    name = chosen = name.replace("{time}", time.strftime("%Y%m%d-%H%M%S"))
+    number = 1
+    while (Path("runs") / chosen).exists():
+        number += 1
+        chosen = f"{name}-{number}"
+    return chosen, str(Path("runs") / chosen)
+
+
+def task_folder_name(task: str) -> str:
+    """A task spec as part of a folder name: `jsonl:data/x.jsonl` -> `jsonl-x`, `hf:openai/gsm8k,split=test`
+    -> `hf-gsm8k`, `my_tasks.py:Sorting` -> `my_tasks-Sorting`."""
+    kind, _, source = task.partition(":")
+    kind = Path(kind).stem if kind.endswith(".py") else kind
+    source = Path(source.split(",")[0]).stem if source else ""
+    text = re.sub(r"[^A-Za-z0-9_.]+", "-", f"{kind}-{source}" if source else kind)
+    return text.strip("-.")[:48].rstrip("-.") or "task"
 
 
 __all__ = [
@@ -417,12 +620,15 @@ __all__ = [
     "ConfigError",
     "check_ranges",
     "EvalConfig",
+    "GenerationRunConfig",
     "GRPOConfig",
     "LoraConfig",
     "LogConfig",
     "ParallelConfig",
+    "PPOConfig",
     "RewardConfig",
     "RolloutConfig",
+    "RunConfig",
     "TrainConfig",
     "describe_keys",
     "load_config",

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = sorted(path.stem for path in (ROOT / "configs").glob("*.yaml"))  # every shipped preset
+PRESETS = sorted(path.stem for path in (ROOT / "grpolab" / "configs").glob("*.yaml"))  # every shipped preset
 
 # Small settings that make a GRPO run on tiny-random take seconds.
 TINY = [

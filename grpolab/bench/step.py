@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from grpolab.errors import ConfigError
+
 # The issue's configuration: SmolLM2-135M-Instruct, 4 prompts x 8 completions, 64 new tokens, beta 0.04,
 # mu 1, lr 1e-5. Logging, evaluation and checkpoints are off on both sides: they are not part of a step.
 DEFAULTS = [
@@ -136,17 +138,18 @@ def child_main(argv: list[str]) -> int:
     return 0
 
 
-def run_side(side: str, python: str, spec: dict) -> dict:
-    """Run one side in a child process; its progress goes to our stderr, its result is its last RESULT line."""
+def run_side(side: str, python: str, spec: dict, module: str = "grpolab.bench.step") -> dict:
+    """Run one side in a child process (`python -m MODULE --side SIDE --spec JSON`); its progress goes to our
+    stderr, its result is its last RESULT line."""
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    command = [python, "-m", "grpolab.bench.step", "--side", side, "--spec", json.dumps(spec)]
-    print(f"bench step: running the {side} side ({spec['warmup']} warm-up + {spec['steps']} steps)", file=sys.stderr)
+    command = [python, "-m", module, "--side", side, "--spec", json.dumps(spec)]
+    print(f"bench: running the {side} side ({spec['warmup']} warm-up + {spec['steps']} steps)", file=sys.stderr)
     done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
-        raise RuntimeError(f"bench step: the {side} side failed (exit {done.returncode}); see its output above")
-    print(f"bench step: {side} side done: {lines[-1].removeprefix('RESULT ')}", file=sys.stderr, flush=True)
+        raise RuntimeError(f"bench: the {side} side failed (exit {done.returncode}); see its output above")
+    print(f"bench: {side} side done: {lines[-1].removeprefix('RESULT ')[:400]}", file=sys.stderr, flush=True)
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
@@ -174,7 +177,6 @@ def add_arguments(parser) -> None:
 
 
 def run(overrides: list[str], args=None) -> int:
-    from grpolab.errors import ConfigError
 
     args = args or argparse.Namespace(
         vs="none",

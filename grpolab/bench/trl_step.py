@@ -22,14 +22,15 @@ import sys
 import tempfile
 import time
 
+from grpolab.errors import ConfigError
+
 LOSS_TYPES = {"sequence": "grpo", "token": "dapo", "constant": "dr_grpo"}
 SCALE_REWARDS = {"group": "group", "batch": "batch", "none": "none"}
 
 
 def trl_arguments(config, output_dir: str, max_steps: int, options: dict) -> dict:
     """GRPOConfig keyword arguments equivalent to grpolab's `config` (see the module docstring)."""
-    from grpolab.errors import ConfigError
-    from grpolab.model.precision import device
+    from grpolab.model.precision import default_device
 
     rollout, train, grpo = config.rollout, config.train, config.grpo
     batch = rollout.prompts_per_step * rollout.group_size
@@ -37,7 +38,7 @@ def trl_arguments(config, output_dir: str, max_steps: int, options: dict) -> dic
         raise ConfigError(f"bench step: train.micro_batch_size must divide {batch} completions for TRL")
     if grpo.aggregation not in LOSS_TYPES or grpo.advantage not in SCALE_REWARDS:
         raise ConfigError("bench step: TRL has no equivalent of this grpo.aggregation / grpo.advantage")
-    on_cpu = device().type == "cpu"
+    on_cpu = default_device().type == "cpu"
     arguments = dict(
         output_dir=output_dir,
         per_device_train_batch_size=train.micro_batch_size,

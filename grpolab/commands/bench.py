@@ -9,6 +9,7 @@ import importlib
 BENCHMARKS = {
     "generate": "tokens/s of the grpolab engine vs transformers generate (fp32)",
     "step": "one GRPO step against TRL",
+    "ppo": "GRPO against PPO with a value model: memory, step time, learning (same completions per step)",
 }
 
 

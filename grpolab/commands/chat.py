@@ -7,6 +7,11 @@ for a run folder the system prompt of the run's task is used (from its config.ya
 any model, and `--system` overrides both. Decoding is greedy by default, so that the
 same question always gets the same answer; `--temperature` samples instead.
 
+Replies are printed as their tokens come (`TextPrinter`): with `--engine hf` through `generate`'s streamer
+argument, with `--engine grpolab` through the engine's own prefill / decode / sampler driven one token at a time
+(`stream_grpolab`), since `engine.generate` returns whole completions only. Either way the reply is the one
+`engine.generate` gives for the same seed.
+
 Interactive mode keeps the conversation; `/reset` forgets it, `/exit` or Ctrl-D leaves.
 """
 
@@ -88,11 +93,11 @@ def check_args(args) -> None:
 def load_engine(args):
     from grpolab.engine import make_engine
     from grpolab.model.loading import load_model, load_tokenizer
-    from grpolab.model.precision import device
+    from grpolab.model.precision import default_device
 
     path = model_location(args.model)
     tokenizer = load_tokenizer(path)
-    model = load_model(path).to(device()).eval()
+    model = load_model(path).to(default_device()).eval()
     try:
         engine = make_engine(args.engine, model, tokenizer)
     except ModuleNotFoundError as error:
@@ -102,8 +107,60 @@ def load_engine(args):
     return engine, tokenizer
 
 
-def reply(engine, tokenizer, messages: list[dict], args, turn: int) -> str:
+class TextPrinter:
+    """Hands a reply to `write` as its tokens come: the text decoded so far less what is written already, held
+    back while it ends in an unfinished character (a byte-level token split) or in whitespace (the reply is
+    stripped). Also a `generate` streamer: `put` (the prompt first, then each new token) and `end`."""
+
+    def __init__(self, tokenizer, write):
+        self.tokenizer, self.write = tokenizer, write
+        self.ids: list[int] = []
+        self.written = ""
+        self.prompt_seen = False
+
+    def add(self, token_ids: list[int]) -> None:
+        self.ids += token_ids
+        self.show(self.tokenizer.decode(self.ids, skip_special_tokens=True).strip())
+
+    def show(self, text: str) -> None:
+        if not text.endswith("\ufffd") and text.startswith(self.written) and len(text) > len(self.written):
+            self.write(text[len(self.written) :])
+            self.written = text
+
+    def put(self, value) -> None:
+        if self.prompt_seen:
+            self.add(value.reshape(-1).tolist())
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
+class StreamingModel:
+    """The model with `generate` given a streamer, so that `HFEngine.generate` builds every other argument
+    (stop tokens, seeding, greedy or sampled) as it does for training."""
+
+    def __init__(self, model, streamer):
+        self.model, self.streamer = model, streamer
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def generate(self, **kwargs):
+        return self.model.generate(**kwargs, streamer=self.streamer)
+
+
+def stream_grpolab(engine, prompt: list[int], params, printer: TextPrinter) -> str:
+    """`GrpolabEngine.generate` for one prompt and one sample, each token handed to `printer` as it is drawn
+    (the same call, so the same tokens). Returns the reply's text."""
+    return engine.generate([prompt], 1, params, on_token=printer.add)[0][0].text
+
+
+def reply(engine, tokenizer, messages: list[dict], args, turn: int, write=lambda text: None) -> str:
+    """The model's reply, stripped, handed to `write` piece by piece as it is generated."""
     from grpolab.engine import SamplingParams
+    from grpolab.engine.grpolab_engine import GrpolabEngine
+    from grpolab.engine.hf import HFEngine
 
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens,
@@ -111,7 +168,21 @@ def reply(engine, tokenizer, messages: list[dict], args, turn: int) -> str:
         top_p=args.top_p,
         seed=args.seed + turn,
     )
-    return engine.generate([encode_chat(tokenizer, messages)], 1, params)[0][0].text.strip()
+    prompt = encode_chat(tokenizer, messages)
+    printer = TextPrinter(tokenizer, write)
+    if isinstance(engine, GrpolabEngine):
+        text = stream_grpolab(engine, prompt, params, printer)
+    elif isinstance(engine, HFEngine):
+        streaming = HFEngine(StreamingModel(engine.model, printer), engine.tokenizer)
+        text = streaming.generate([prompt], 1, params)[0][0].text
+    else:  # an engine that returns whole completions only: the reply comes in one piece
+        text = engine.generate([prompt], 1, params)[0][0].text
+    printer.show(text.strip())  # what the last tokens held back (trailing text after a split character)
+    return text.strip()
+
+
+def print_piece(text: str) -> None:
+    print(text, end="", flush=True)
 
 
 def run(args) -> int:
@@ -120,8 +191,8 @@ def run(args) -> int:
     system = system_prompt(args)
     start = [{"role": "system", "content": system}] if system else []
     if args.prompt is not None:
-        answer = reply(engine, tokenizer, [*start, {"role": "user", "content": args.prompt}], args, 0)
-        print(answer)
+        answer = reply(engine, tokenizer, [*start, {"role": "user", "content": args.prompt}], args, 0, print_piece)
+        print()
         if not answer:
             print("(empty reply: the model ended its turn at once)", file=sys.stderr)
         return 0
@@ -142,7 +213,8 @@ def run(args) -> int:
         if not text:
             continue
         messages.append({"role": "user", "content": text})
-        answer = reply(engine, tokenizer, messages, args, turn)
+        print("model> ", end="", flush=True)
+        answer = reply(engine, tokenizer, messages, args, turn, print_piece)
         messages.append({"role": "assistant", "content": answer})
-        print(f"model> {answer or '(empty reply: the model ended its turn at once)'}", flush=True)
+        print("" if answer else "(empty reply: the model ended its turn at once)", flush=True)
         turn += 1

@@ -22,6 +22,7 @@ def add_stage_parser(subparsers, name: str, root: type, help_text: str, descript
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
+    parser.set_defaults(config_root=root)  # `--key value` for one of these keys is refused (grpolab/cli.py)
     return parser
 
 

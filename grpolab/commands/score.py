@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from grpolab.errors import TaskError, UserError
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("score", help="score existing completions with a task's rewards")
@@ -32,7 +34,6 @@ def register(subparsers) -> None:
 
 
 def parse_weights(items: list[str]) -> dict[str, float]:
-    from grpolab.errors import UserError
 
     weights = {}
     for item in items:
@@ -45,7 +46,6 @@ def parse_weights(items: list[str]) -> dict[str, float]:
 
 
 def read_rows(task, path: str) -> list[dict]:
-    from grpolab.errors import TaskError
     from grpolab.tasks.data import read_jsonl
 
     rows = read_jsonl(path, (*task.fields, "completion"))
@@ -62,7 +62,6 @@ def read_rows(task, path: str) -> list[dict]:
 
 def run(args) -> int:
     from grpolab.config import RewardConfig
-    from grpolab.errors import UserError
     from grpolab.rewards.runner import RewardRunner, resolve_weights
     from grpolab.tasks import get_task
 

@@ -1,13 +1,16 @@
-"""`grpolab train [CONFIG.yaml] [key=value ...]`: GRPO on the configured model and task."""
+"""`grpolab train [CONFIG.yaml | PRESET] [key=value ...]`: GRPO on the configured model and task. A preset is a
+YAML file shipped in grpolab/configs/, named without its path or suffix: `grpolab train dapo`."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import os
 import sys
 from pathlib import Path
 
-from grpolab.config import describe_keys
+from grpolab.config import Config, describe_keys
+from grpolab.errors import ConfigError
 
 
 def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -17,11 +20,29 @@ def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
     return None, items
 
 
+def presets() -> dict[str, Path]:
+    """The presets shipped in the package (grpolab/configs/NAME.yaml) by name."""
+    folder = importlib.resources.files("grpolab") / "configs"
+    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def config_file(name: str) -> str:
+    """A config file as given, or a preset's file for a bare name that is not a file (`dapo`)."""
+    if Path(name).exists() or Path(name).suffix or "/" in name:
+        return name
+    found = presets()
+    if name not in found:
+        raise ConfigError(f"config: {name!r} is neither a file nor a preset (presets: {', '.join(sorted(found))})")
+    return str(found[name])
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train a model with GRPO",
-        description="Train with GRPO. With no arguments: SmolLM2-135M-Instruct on the arithmetic task.",
+        description="Train with GRPO. With no arguments: SmolLM2-135M-Instruct on the arithmetic task.\n"
+        f"The first argument may name a shipped preset instead of a file: {', '.join(sorted(presets()))} "
+        "(grpolab train dapo).",
         epilog="configuration keys (key = default):\n" + "\n".join(describe_keys()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -39,7 +60,7 @@ def register(subparsers) -> None:
         help="train on N processes of this machine through torchrun (one per GPU; gloo on CPU); "
         "for several machines run torchrun yourself (see the README)",
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, config_root=Config)
 
 
 def launch_torchrun(nproc: int, args) -> None:
@@ -56,11 +77,12 @@ def launch_torchrun(nproc: int, args) -> None:
 
 def run(args) -> int:
     from grpolab.config import load_config
-    from grpolab.errors import ConfigError
     from grpolab.parallel.distributed import check_world, launched_by_torchrun, leave_worker
     from grpolab.training.trainer import train
 
     path, overrides = split_config_args(args.args)
+    if path and not args.resume:
+        path = config_file(path)
     if args.quiet:
         overrides = [*overrides, "log.quiet=true"]
     if args.resume:
@@ -71,10 +93,12 @@ def run(args) -> int:
             raise FileNotFoundError(f"--resume: {args.resume!r} holds no run (no config.yaml)")
         path, overrides = str(saved), [*overrides, f"output_dir={args.resume}", "resume=true"]
     config = load_config(path, overrides)
+    config.run_dir()  # the folder is chosen now: a resume that names no run is refused before anything loads
     if args.nproc is not None and not launched_by_torchrun():
         if args.nproc < 1:
             raise ConfigError(f"--nproc: got {args.nproc}, expected an integer >= 1")
         check_world(config, args.nproc)  # refused here in one line, not once per process
+        args.args = [*args.args, f"output_dir={config.output_dir}"]  # the folder chosen here, not once per rank
         launch_torchrun(args.nproc, args)
     train(config)
     if launched_by_torchrun():

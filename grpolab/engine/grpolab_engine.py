@@ -16,6 +16,7 @@ plus `stop_token_ids`, stop strings, `max_new_tokens`; seeded with a private tor
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 
@@ -62,7 +63,11 @@ class GrpolabEngine:
         return self.generic
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], n: int, params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[list[int]], n: int, params: SamplingParams, on_token: Callable | None = None
+    ) -> list[list[Completion]]:
+        """`on_token(ids)`, when given, receives the tokens drawn at each step, one per row still sampling
+        (`grpolab chat` streams its single reply through it)."""
         if not prompts or n < 1:
             return [[] for _ in prompts]
         ids, mask = left_pad(prompts, self.tokenizer.pad_token_id)
@@ -74,10 +79,10 @@ class GrpolabEngine:
         else:
             generator.seed()
         runner = self.runner(ids.shape[1] + params.max_new_tokens)
-        tokens, logprobs, ends = self.decode_loop(runner, ids, mask, n, params, stops, generator)
+        tokens, logprobs, ends = self.decode_loop(runner, ids, mask, n, params, stops, generator, on_token)
         return self.completions(tokens, logprobs, ends, n)
 
-    def decode_loop(self, runner, ids, mask, n, params, stops, generator):
+    def decode_loop(self, runner, ids, mask, n, params, stops, generator, on_token=None):
         """Sample until every row stops; returns tokens [R, T], log-probs [R, T], and per row the
         number of tokens kept with its finish reason."""
         rows = ids.shape[0] * n
@@ -100,6 +105,8 @@ class GrpolabEngine:
                 targets = batch_rows[live]
                 tokens[targets, step] = chosen.cpu()
                 logprobs[targets, step] = chosen_logprobs.float().cpu()
+                if on_token is not None:
+                    on_token(chosen.tolist())
                 stopped = torch.isin(chosen, stops).cpu()
                 if params.stop_strings:
                     stopped |= self.hits_stop_string(tokens, targets, step, params.stop_strings)

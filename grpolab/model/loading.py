@@ -49,12 +49,19 @@ def models_dir() -> Path:
 
 
 def resolve_model_path(name: str, log=print) -> str:
-    """Turn a `model` config value into something `from_pretrained` accepts (a folder or a hub id)."""
+    """Turn a `model` config value into something `from_pretrained` accepts (a folder or a hub id); a run
+    folder gives its final/."""
     if name == "smollm2-135m":
         return str(ensure_smollm2(log))
     if name == "tiny-random":
         return str(ensure_tiny_random())
     path = Path(name).expanduser()
+    if run_folder(name) is not None:
+        if not (path / "final" / "config.json").is_file():
+            raise ModelError(
+                f"model: {name!r} is a run folder without final/ (unfinished, or its command saves no model)"
+            )
+        return str(path / "final")
     if path.exists():
         if not path.is_dir() or not (path / "config.json").exists():
             raise ModelError(f"model: {name!r} is not a Hugging Face model folder (no config.json)")
@@ -62,6 +69,15 @@ def resolve_model_path(name: str, log=print) -> str:
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"model: path {name!r} does not exist")
     return name  # a hub id, e.g. "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+def run_folder(name: str) -> Path | None:
+    """The folder when `name` is a grpolab run folder (its config.yaml, and no config.json of a model's): such a
+    folder stands for its final/ model wherever a model is named."""
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "config.yaml").is_file() and not (path / "config.json").exists():
+        return path
+    return None
 
 
 def writable_parent(target: Path) -> None:
@@ -169,7 +185,9 @@ def ensure_tiny_random() -> Path:
     if (target / "config.json").exists():
         return target
     writable_parent(target)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tiny-"))
+    # not mkdtemp: its owner-only 0700 would hide the cached model from a group sharing the cache
+    staging = target.parent / f".tiny-{os.urandom(8).hex()}"
+    staging.mkdir()
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_random_model(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     model.save_pretrained(staging, safe_serialization=True)

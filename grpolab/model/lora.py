@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
+from grpolab.errors import ConfigError
+
 
 def apply_lora(model, rank: int, alpha: float, dropout: float, target_modules: str):
     """Wrap any HF causal LM in a peft LoRA adapter; returns the PeftModel (only the adapter trains)."""
-    from grpolab.errors import ConfigError
 
     try:
         from peft import LoraConfig, get_peft_model
@@ -82,7 +83,7 @@ def save_policy(policy, tokenizer, run_dir: Path, adapter_applies_to_base: bool,
         save_model(policy, tokenizer, run_dir / "final")
         return
     if adapter_applies_to_base:
-        policy.save_pretrained(run_dir / "adapter")
+        save_model(policy, None, run_dir / "adapter")  # atomic, and readable by the group as final/ is
     else:
         log("LoRA: the reference was reset into the base weights, so only the merged model is saved (final/)")
     save_model(policy.merge_and_unload(), tokenizer, run_dir / "final")

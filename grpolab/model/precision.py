@@ -19,21 +19,21 @@ def cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def device() -> torch.device:
+def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def use_bf16(precision: str, on: torch.device | None = None) -> bool:
+def use_bf16(precision: str, device: torch.device | None = None) -> bool:
     """Resolve a `precision` / `dtype` setting of auto | bf16 | fp32."""
     if precision == "fp32":
         return False
     if precision == "bf16":
         return True
-    on = on or device()
-    if on.type == "cuda":
+    device = device or default_device()
+    if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return cpu_has_fast_bf16()
 
 
-def autocast_context(bf16: bool, on: torch.device):
-    return torch.autocast(on.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def autocast_context(bf16: bool, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()

@@ -114,7 +114,8 @@ def reward_plot(runs, path: Path) -> Path:
 
 
 def accuracy_plot(runs, path: Path) -> Path:
-    """Training-batch accuracy per step, with held-out greedy accuracy before (step 0) and after (last step)."""
+    """Training-batch accuracy per step, with held-out greedy accuracy before (step 0) and after (last step), and
+    every `eval.every` steps (`eval/accuracy`) as a dashed line where the run evaluated during training."""
     figure, axes = new_axes("Accuracy: training batch (sampled) and held-out (greedy)", "accuracy")
     axes.set_ylim(-0.03, 1.03)
     window = smoothing_window(runs)
@@ -123,6 +124,12 @@ def accuracy_plot(runs, path: Path) -> Path:
         prefix = f"{run.name}: " if len(runs) > 1 else ""
         steps, values = series(run.metrics, "accuracy")
         draw_curve(axes, steps, values, f"{prefix}training batch", colour, window)
+        periodic = periodic_eval_points(run.metrics)
+        if periodic:
+            xs, ys = zip(*periodic)
+            label = f"{prefix}held-out during training (eval.every)"
+            line_colour = colour if len(runs) > 1 else COLOURS[1]  # one run: apart from the training-batch line
+            axes.plot(xs, ys, color=line_colour, linestyle="--", linewidth=1.5, marker="D", markersize=4, label=label)
         points = held_out_points(run)
         if points:
             xs, ys = zip(*points)
@@ -130,6 +137,11 @@ def accuracy_plot(runs, path: Path) -> Path:
             label = f"{prefix}held-out before / after (n={n})"
             axes.plot(xs, ys, color=colour, linestyle="none", marker="s", markersize=9, label=label)
     return save(figure, axes, path)
+
+
+def periodic_eval_points(metrics: list[dict]) -> list[tuple[int, float]]:
+    """(step, held-out accuracy) of the steps that `eval.every` evaluated."""
+    return [(record["step"], record["eval/accuracy"]) for record in metrics if record.get("eval/accuracy") is not None]
 
 
 def held_out_points(run) -> list[tuple[int, float]]:

@@ -107,11 +107,23 @@ def summary_rows(run: Run) -> list[tuple[str, str]]:
     evaluation = run.evaluation or {}
     before, after = (evaluation.get(k, {}).get("accuracy") for k in ("before", "after"))
     rows.append((f"held-out accuracy, greedy (n={evaluation.get('n', 'n/a')})", f"{fmt(before)} → {fmt(after)}"))
+    rows += held_out_rows(metrics)
+    rows.append(("stop reason", evaluation.get("stop_reason", "n/a") if run.evaluation else "n/a (no eval.json yet)"))
     seconds = [record.get("step_seconds") or 0.0 for record in metrics]
     rows.append(("training time (sum of steps)", f"{sum(seconds):.1f} s, {sum(seconds) / len(seconds):.2f} s per step"))
     speeds = [record["tokens_per_second"] for record in metrics if record.get("tokens_per_second") is not None]
     rows.append(("completion tokens per second (mean)", fmt(sum(speeds) / len(speeds) if speeds else None, ".0f")))
     return rows
+
+
+def held_out_rows(metrics: list[dict]) -> list[tuple[str, str]]:
+    """The `eval.every` evaluations during training (`eval/accuracy`): first, last and best; none without them."""
+    points = plots.periodic_eval_points(metrics)
+    if not points:
+        return []
+    best = max(points, key=lambda point: point[1])
+    text = f"{fmt(points[0][1])} (step {points[0][0]}) → {fmt(points[-1][1])} (step {points[-1][0]})"
+    return [("held-out accuracy during training (eval.every)", f"{text}; best {fmt(best[1])} (step {best[0]})")]
 
 
 def phase_rows(run: Run) -> list[tuple[str, str, str]]:
@@ -227,8 +239,8 @@ def render(runs: list[Run], plot_files: dict[str, Path], output: Path) -> str:
     if single:
         lines += table(["", "value"], summary_rows(runs[0]))
     else:
-        labels = [label for label, _ in summary_rows(runs[0])]
         columns = [dict(summary_rows(run)) for run in runs]
+        labels = list(dict.fromkeys(label for column in columns for label in column))  # rows some runs lack too
         lines += table(
             ["", *(run.name for run in runs)], [[label, *(c.get(label, "") for c in columns)] for label in labels]
         )

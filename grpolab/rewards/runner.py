@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 
-from grpolab.errors import RewardError
+from grpolab.errors import ConfigError, RewardError
 
 
 @dataclass
@@ -48,10 +48,10 @@ def cheap(function: Callable) -> Callable:
 
 
 def resolve_weights(task, overrides: dict[str, float]) -> dict[str, float]:
-    """The task's default weights with the config's `reward.weights` applied; unknown names are errors."""
-    from grpolab.errors import ConfigError
+    """The task's default weights and 1 for each of the user's `reward.functions`, with the config's
+    `reward.weights` applied; unknown names are errors."""
 
-    weights = dict(task.default_weights())
+    weights = {**task.default_weights(), **{name: 1.0 for name in task.added_rewards()}}
     functions = task.reward_functions()
     for name, weight in overrides.items():
         if name not in functions:

@@ -14,6 +14,7 @@ import torch
 
 from grpolab.engine.base import Completion, SamplingParams
 from grpolab.engine.hf import left_pad
+from grpolab.errors import ConfigError
 from grpolab.rewards.runner import RewardRunner
 
 
@@ -102,7 +103,6 @@ class PromptFit:
 def check_context(model, prompts: list[list[int]], max_new_tokens: int, key: str) -> None:
     """A prompt plus its new tokens must fit the model's context: say so in one line instead of failing deep
     inside attention (or silently degrading past the trained positions)."""
-    from grpolab.errors import ConfigError
 
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     longest = max((len(p) for p in prompts), default=0)

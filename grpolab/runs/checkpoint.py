@@ -14,7 +14,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from grpolab.errors import RunFolderError
+from grpolab.runs.staging import give_plain_modes, staging_folder
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -60,7 +60,7 @@ def save_checkpoint(
     """`extra_models` maps a name to another module saved beside the policy (e.g. a reset reference)."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step}."))
+    staging = staging_folder(root, f".step-{step}.")
     save_file(model_state(model), str(staging / "model.safetensors"))
     for name, extra in (extra_models or {}).items():
         save_file(model_state(extra), str(staging / f"{name}.safetensors"))
@@ -72,6 +72,7 @@ def publish_checkpoint(staging: Path, root: Path, step: int, training_state: dic
     """Add the RNG and trainer state to a staged checkpoint, rename it into place and prune old ones."""
     torch.save({**training_state, "rng": rng_state()}, staging / "training_state.pt")
     (staging / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2))
+    give_plain_modes(staging)
     target = root / f"step-{step}"
     if target.exists():
         shutil.rmtree(target)

@@ -13,15 +13,14 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 from pathlib import Path
 
 import torch
 
-from grpolab.runs.checkpoint import latest_checkpoint, truncate_metrics
 from grpolab.config import Config, to_dict, to_yaml
-from grpolab.errors import RunFolderError
-from grpolab.errors import TrainingError
+from grpolab.errors import ConfigError, RunFolderError, TrainingError
+from grpolab.runs.checkpoint import latest_checkpoint, truncate_metrics
+from grpolab.runs.staging import give_plain_modes, open_staging_file, staging_folder
 
 RUN_MARKER = ".grpolab-run"  # written into every folder grpolab makes a run in: only such folders are ever emptied
 LOCK_FILE = ".lock"
@@ -146,25 +145,28 @@ class RunLock:
 
 def write_json_atomic(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
+    handle, staging = open_staging_file(path)
+    with handle:
         json.dump(data, handle, indent=2)
         handle.write("\n")
-    os.replace(tmp, path)
+    os.replace(staging, path)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
+    handle, staging = open_staging_file(path)
+    with handle:
         handle.write(text)
-    os.replace(tmp, path)
+    os.replace(staging, path)
 
 
 def save_model_atomic(model, tokenizer, target: Path) -> None:
-    """Save a loadable Hugging Face folder at `target` via a temporary sibling and a rename."""
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    """Save a loadable Hugging Face folder at `target` via a temporary sibling and a rename; `tokenizer` None
+    saves the model alone (a LoRA adapter)."""
+    staging = staging_folder(target.parent, f".{target.name}.")
     model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(staging)
+    give_plain_modes(staging)
     if target.exists():
         shutil.rmtree(target)
     os.replace(staging, target)
@@ -212,6 +214,7 @@ RESUMABLE_KEYS = (
     "train.keep_checkpoints",
     "train.max_nonfinite_steps",
     "rollout.generation_batch",
+    "eval.every",
     "reward.num_workers",
     "reward.timeout_seconds",
     "eval.batch_size",
@@ -233,7 +236,6 @@ def resumed_config(run_dir: Path, config: Config) -> Config:
     """The config a resumed run continues with: the saved one, with only `RESUMABLE_KEYS` changed (and
     config.yaml rewritten to say so); any other change is refused in one line naming the keys."""
     from grpolab.config import load_config
-    from grpolab.errors import ConfigError
 
     saved = load_config(str(run_dir / "config.yaml"))
     before, after = flat(to_dict(saved)), flat(to_dict(config))

@@ -10,7 +10,6 @@ on a different number of processes. Every rank must see the run folder (one mach
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from grpolab.runs.checkpoint import publish_checkpoint, set_rng_state
+from grpolab.runs.staging import staging_folder
 
 SHARDED_DIR = "sharded"
 
@@ -46,7 +46,7 @@ def save_sharded_checkpoint(run_dir: Path, step: int, run, trainer_state: dict, 
 
     def stage() -> Path:
         root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step}."))
+        return staging_folder(root, f".step-{step}.")
 
     staging = parallel.on_main(stage)
     dcp.save(_state(run.scorer, run.optimizer, reference), checkpoint_id=str(staging / SHARDED_DIR))

@@ -2,7 +2,8 @@
 
 - method=sequence (what R1 did for its distilled models): SFT of the student on the teacher's
   rejection-sampled samples (`data`, e.g. `grpolab sample`'s data.jsonl). With `data` empty the teacher is
-  sampled first, into `teacher_samples/` inside the run folder, with the `sample.*` settings.
+  sampled first, into `teacher_samples/` inside the run folder, with the `rejection.*` settings (the keys
+  `grpolab sample` has; the old spelling `sample.*` is refused, naming the new key).
 - method=token: on the same samples, the student minimises KL(teacher || student) over the teacher's top-k
   tokens at every assistant position (`algorithms/distillation.py`); the teacher's logits are computed on
   the fly, one forward pass per micro-batch without gradients. This needs a shared vocabulary.
@@ -21,10 +22,10 @@ from typing import Literal
 import torch
 
 from grpolab.algorithms.distillation import topk_kl
-from grpolab.config import LogConfig, RewardConfig, check_ranges, to_yaml
+from grpolab.config import GenerationRunConfig, LogConfig, RewardConfig, check_ranges, to_yaml
 from grpolab.errors import ConfigError, UserError
 from grpolab.model.loading import load_model, load_tokenizer, resolve_model_path
-from grpolab.model.precision import device
+from grpolab.model.precision import default_device
 from grpolab.runs.folder import prepare_run_dir, save_model_atomic, write_text_atomic
 from grpolab.stages.sample import REJECTION_RANGES, RejectionConfig, SampleConfig, rejection_sample
 from grpolab.stages.sft import TRAIN_RANGES, SFTTrainConfig, cross_entropy_sum, fit, learned_hidden, prepare_rows
@@ -43,28 +44,20 @@ class StudentConfig:
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(GenerationRunConfig):
     teacher: str = "smollm2-135m"
     task: str = "arithmetic"  # whose prompts and rewards are used when the teacher is sampled here
     data: str = ""  # SFT-ready JSONL of teacher samples; empty samples the teacher first
     method: Literal["sequence", "token"] = "sequence"
     top_k: int = 20  # teacher tokens per position for method=token
     temperature: float = 1.0  # distillation temperature for method=token
-    output_dir: str = ""
-    name: str = "distill"
-    overwrite: bool = False
-    seed: int = 0
-    engine: Literal["grpolab", "hf"] = "grpolab"
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    name: str = "distill-{task}-{time}"
     student: StudentConfig = field(default_factory=StudentConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
-    sample: RejectionConfig = field(default_factory=RejectionConfig)
+    rejection: RejectionConfig = field(default_factory=RejectionConfig)  # sampling the teacher (grpolab sample's keys)
     # a fresh student needs a far larger learning rate than fine-tuning does
     train: SFTTrainConfig = field(default_factory=lambda: SFTTrainConfig(learning_rate=1e-3, epochs=3))
     log: LogConfig = field(default_factory=LogConfig)
-
-    def run_dir(self) -> Path:
-        return Path(self.output_dir or f"runs/{self.name}")
 
     def validate(self) -> None:
         ranges = {
@@ -76,7 +69,7 @@ class DistillConfig:
             "student.num_heads": (lambda v: v >= 1, "an integer >= 1"),
             "student.num_kv_heads": (lambda v: v >= 1, "an integer >= 1"),
             **TRAIN_RANGES,
-            **{f"sample.{key}": check for key, check in REJECTION_RANGES.items()},
+            **{f"rejection.{key}": check for key, check in REJECTION_RANGES.items()},
         }
         check_ranges(self, ranges)
         student = self.student
@@ -87,6 +80,15 @@ class DistillConfig:
             )
         if not self.teacher:
             raise ConfigError("teacher: must name a model (smollm2-135m, tiny-random, a folder or a hub id)")
+
+
+def refuse_old_keys(keys) -> None:
+    """Refuse distill's old section name `sample` (now `rejection`, as in `grpolab sample`) in one line naming
+    the new key; `keys` are the override keys, or a YAML file's or a pipeline stage's top-level keys."""
+    for key in keys:
+        section, _, rest = str(key).partition(".")
+        if section == "sample":
+            raise ConfigError(f"distill: sample.* is now rejection.* (e.g. rejection.{rest or 'threshold'}=...)")
 
 
 def build_student(config: StudentConfig, teacher, tokenizer, seed: int):
@@ -125,7 +127,7 @@ def teacher_data(config: DistillConfig, run_dir: Path, log) -> str:
         engine=config.engine,
         dtype=config.dtype,
         reward=config.reward,
-        rejection=config.sample,
+        rejection=config.rejection,
     )
     return str(rejection_sample(sampling, log=log) / "data.jsonl")
 
@@ -133,10 +135,10 @@ def teacher_data(config: DistillConfig, run_dir: Path, log) -> str:
 def token_level_loss(teacher, top_k: int, temperature: float):
     """The per-micro-batch loss for method=token: summed top-k KL over the learned positions."""
 
-    def loss_sum(student, batch: dict, on: torch.device) -> torch.Tensor:
-        hidden, _ = learned_hidden(student, batch, on)  # [N, H]
+    def loss_sum(student, batch: dict, device: torch.device) -> torch.Tensor:
+        hidden, _ = learned_hidden(student, batch, device)  # [N, H]
         with torch.no_grad():
-            teacher_hidden, _ = learned_hidden(teacher, batch, on)
+            teacher_hidden, _ = learned_hidden(teacher, batch, device)
             teacher_logits = teacher.get_output_embeddings()(teacher_hidden)  # [N, V]
         student_logits = student.get_output_embeddings()(hidden)  # [N, V]
         return topk_kl(teacher_logits, student_logits, top_k, temperature).sum()
@@ -151,19 +153,19 @@ def distill(config: DistillConfig, log=print) -> Path:
     run_dir = prepare_run_dir(config.run_dir(), config.overwrite)
     write_text_atomic(run_dir / "config.yaml", to_yaml(config))
     data = teacher_data(config, run_dir, log)
-    on = device()
+    device = default_device()
     teacher_path = resolve_model_path(config.teacher, log=log)
     tokenizer = load_tokenizer(teacher_path)
-    teacher = load_model(teacher_path).to(on).eval().requires_grad_(False)
+    teacher = load_model(teacher_path).to(device).eval().requires_grad_(False)
     if config.student.model:
         student_path = resolve_model_path(config.student.model, log=log)
         student_tokenizer = load_tokenizer(student_path)
-        student = load_model(student_path).to(on)
+        student = load_model(student_path).to(device)
         if config.method == "token" and student_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise UserError("student.model: method=token needs the teacher's vocabulary; use method=sequence")
         tokenizer = student_tokenizer
     else:
-        student = build_student(config.student, teacher, tokenizer, config.seed).to(on)
+        student = build_student(config.student, teacher, tokenizer, config.seed).to(device)
     rows = prepare_rows(tokenizer, read_records(data), config.train, config.seed)
     parameters = sum(p.numel() for p in student.parameters())
     log(f"distill ({config.method}): student of {parameters:,} parameters, {len(rows)} packed rows")

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
-from grpolab.config import Config, check_ranges, load_config, to_dict, to_yaml
+from grpolab.config import Config, GenerationRunConfig, check_ranges, load_config, settings_overrides, to_dict, to_yaml
 from grpolab.errors import ConfigError
 from grpolab.runs.folder import prepare_run_dir, write_json_atomic, write_text_atomic
 from grpolab.stages.evaluate import EvalRunConfig, evaluate, format_table
@@ -91,19 +91,12 @@ def default_stages() -> list[StageConfig]:
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(GenerationRunConfig):
     model: str = "smollm2-135m"  # the base model
     task: str = "arithmetic"
-    output_dir: str = ""
-    name: str = "pipeline"
-    overwrite: bool = False
-    seed: int = 0
-    engine: Literal["grpolab", "hf"] = "grpolab"
+    name: str = "pipeline-{task}-{time}"
     stages: list[StageConfig] = field(default_factory=default_stages)
     compare: CompareConfig = field(default_factory=lambda: CompareConfig(n=100, k=4, max_new_tokens=32, batch_size=50))
-
-    def run_dir(self) -> Path:
-        return Path(self.output_dir or f"runs/{self.name}")
 
     def validate(self) -> None:
         check_ranges(
@@ -126,11 +119,6 @@ class PipelineConfig:
         for label in self.compare.models:
             if label not in names:
                 raise ConfigError(f"compare.models: {label!r} is neither base nor a stage name")
-
-
-def settings_overrides(values: dict[str, Any]) -> list[str]:
-    """`key=value` overrides whose values survive the YAML reading of `load_config` (JSON is YAML)."""
-    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
 
 class Plan:
@@ -167,7 +155,7 @@ class Plan:
 
 def stage_config(plan: Plan, index: int, stage: StageConfig):
     """The stage command's validated config: the pipeline's inputs and folder, then the stage's settings."""
-    from grpolab.stages.distill import DistillConfig
+    from grpolab.stages.distill import DistillConfig, refuse_old_keys
     from grpolab.stages.sample import SampleConfig
     from grpolab.stages.sft import SFTConfig
 
@@ -175,18 +163,22 @@ def stage_config(plan: Plan, index: int, stage: StageConfig):
     pipeline = plan.config
     model = plan.model(stage.model, f"{where}.model")
     common = {"output_dir": str(plan.stage_dir(stage.name)), "overwrite": True, "seed": pipeline.seed}
+    engine = {"engine": pipeline.engine, "dtype": pipeline.dtype}
     if stage.kind == "grpo":
-        root, values = Config, {"model": model, "task": pipeline.task, "rollout.engine": pipeline.engine}
+        generation = {"rollout.engine": pipeline.engine, "rollout.dtype": pipeline.dtype}
+        root, values = Config, {"model": model, "task": pipeline.task, **generation}
     elif stage.kind == "sft":
         root, values = SFTConfig, {"model": model, "data": plan.data(stage.data, f"{where}.data")}
     elif stage.kind == "sample":
-        root, values = SampleConfig, {"model": model, "task": pipeline.task, "engine": pipeline.engine}
+        root, values = SampleConfig, {"model": model, "task": pipeline.task, **engine}
     elif stage.kind == "distill":
         data = plan.data(stage.data, f"{where}.data")
-        root, values = DistillConfig, {"teacher": model, "task": pipeline.task, "data": data, "engine": pipeline.engine}
+        root, values = DistillConfig, {"teacher": model, "task": pipeline.task, "data": data, **engine}
     else:
-        root, values = EvalRunConfig, {"model": model, "task": pipeline.task, "engine": pipeline.engine}
+        root, values = EvalRunConfig, {"model": model, "task": pipeline.task, **engine}
     try:
+        if stage.kind == "distill":
+            refuse_old_keys(stage.settings)
         return load_config(None, settings_overrides({**common, **values, **stage.settings}), root=root)
     except ConfigError as error:
         raise ConfigError(f"{where} ({stage.name}): {error}") from None
@@ -271,6 +263,7 @@ def compare(config: PipelineConfig, plan: Plan, log) -> list[dict]:
             "model": plan.model(label, "compare.models"),
             "task": config.task,
             "engine": config.engine,
+            "dtype": config.dtype,
             "seed": config.seed,
             "output_dir": str(folder),
             "overwrite": True,

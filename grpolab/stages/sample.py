@@ -13,11 +13,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from grpolab.config import RewardConfig, check_ranges, to_yaml
+from grpolab.config import GenerationRunConfig, RewardConfig, check_ranges, to_yaml
 from grpolab.engine import SamplingParams
 from grpolab.errors import ConfigError
 from grpolab.rewards import combine
@@ -57,20 +56,12 @@ REJECTION_RANGES = {
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(GenerationRunConfig):
     model: str = "smollm2-135m"
     task: str = "arithmetic"
-    output_dir: str = ""
-    name: str = "sample"
-    overwrite: bool = False
-    seed: int = 0
-    engine: Literal["grpolab", "hf"] = "grpolab"
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    name: str = "sample-{task}-{time}"
     reward: RewardConfig = field(default_factory=RewardConfig)
     rejection: RejectionConfig = field(default_factory=RejectionConfig)
-
-    def run_dir(self) -> Path:
-        return Path(self.output_dir or f"runs/{self.name}")
 
     def validate(self) -> None:
         check_ranges(self, {f"rejection.{key}": check for key, check in REJECTION_RANGES.items()})

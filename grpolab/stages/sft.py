@@ -19,11 +19,11 @@ from typing import Literal
 
 import torch
 
-from grpolab.config import LogConfig, check_ranges, to_yaml
+from grpolab.config import LogConfig, RunConfig, check_ranges, to_yaml
 from grpolab.errors import ConfigError
 from grpolab.model.hf_compat import decoder_of
 from grpolab.model.loading import load_model, load_tokenizer, resolve_model_path
-from grpolab.model.precision import autocast_context, device, use_bf16
+from grpolab.model.precision import autocast_context, default_device, use_bf16
 from grpolab.runs.folder import MetricsWriter, prepare_run_dir, save_model_atomic, write_text_atomic
 from grpolab.stages.sft_data import collate, pack, read_records, tokenise
 
@@ -58,18 +58,12 @@ TRAIN_RANGES = {
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(RunConfig):
     model: str = "smollm2-135m"
     data: str = ""  # JSONL: {"messages": [...]} or {"prompt": ..., "completion": ...} per line
-    output_dir: str = ""
-    name: str = "sft"
-    overwrite: bool = False
-    seed: int = 0
+    name: str = "sft-{time}"
     train: SFTTrainConfig = field(default_factory=SFTTrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
-
-    def run_dir(self) -> Path:
-        return Path(self.output_dir or f"runs/{self.name}")
 
     def validate(self) -> None:
         check_ranges(self, TRAIN_RANGES)
@@ -91,22 +85,22 @@ def lr_factor(step: int, warmup: int, total: int, kind: str) -> float:
     return 1.0
 
 
-def learned_hidden(model, batch: dict, on: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def learned_hidden(model, batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states that predict a learned token, [N, H], and those tokens, [N]; the vocabulary
     projection is left to the loss so that only learned positions pay for it."""
     hidden = decoder_of(model)(
-        input_ids=batch["input_ids"].to(on),
-        attention_mask=batch["attention_mask"].to(on),
-        position_ids=batch["position_ids"].to(on),
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        position_ids=batch["position_ids"].to(device),
         use_cache=False,
     ).last_hidden_state  # [B, L, H]
-    mask = batch["targets_mask"].to(on)  # [B, L-1]
-    return hidden[:, :-1][mask], batch["input_ids"][:, 1:].to(on)[mask]
+    mask = batch["targets_mask"].to(device)  # [B, L-1]
+    return hidden[:, :-1][mask], batch["input_ids"][:, 1:].to(device)[mask]
 
 
-def cross_entropy_sum(model, batch: dict, on: torch.device) -> torch.Tensor:
+def cross_entropy_sum(model, batch: dict, device: torch.device) -> torch.Tensor:
     """Summed negative log-likelihood of the learned tokens."""
-    hidden, targets = learned_hidden(model, batch, on)
+    hidden, targets = learned_hidden(model, batch, device)
     logits = model.get_output_embeddings()(hidden).float()  # [N, V]
     return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
 
@@ -116,8 +110,8 @@ LossFn = Callable[[torch.nn.Module, dict, torch.device], torch.Tensor]
 
 def fit(model, rows, pad_id: int, train, run_dir: Path, loss_sum: LossFn, log_config, seed: int, log=print):
     """Train `model` on packed `rows` minimising the mean per-token `loss_sum`; writes metrics.jsonl."""
-    on = device()
-    bf16 = use_bf16(train.precision, on)
+    device = default_device()
+    bf16 = use_bf16(train.precision, device)
     steps_per_epoch = math.ceil(len(rows) / train.batch_size)
     total = train.max_steps or steps_per_epoch * train.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
@@ -142,8 +136,8 @@ def fit(model, rows, pad_id: int, train, run_dir: Path, loss_sum: LossFn, log_co
         optimizer.zero_grad(set_to_none=True)
         total_loss = 0.0
         for batch in micro:
-            with autocast_context(bf16, on):
-                loss = loss_sum(model, batch, on) / max(1, num_tokens)
+            with autocast_context(bf16, device):
+                loss = loss_sum(model, batch, device) / max(1, num_tokens)
             loss.backward()
             total_loss += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm).item()
@@ -182,7 +176,7 @@ def sft(config: SFTConfig, log=print) -> Path:
     run_dir = prepare_run_dir(config.run_dir(), config.overwrite)
     write_text_atomic(run_dir / "config.yaml", to_yaml(config))
     torch.manual_seed(config.seed)
-    model = load_model(path).to(device())
+    model = load_model(path).to(default_device())
     log(f"sft: {len(rows)} packed rows of <= {config.train.max_length} tokens from {config.data}")
     steps = fit(
         model, rows, tokenizer.pad_token_id, config.train, run_dir, cross_entropy_sum, config.log, config.seed, log

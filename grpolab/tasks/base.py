@@ -3,14 +3,21 @@ RL training and evaluation score answers with exactly the same code.
 
 A task's reward functions are its own (`task_rewards`, e.g. `correctness`) plus the optional ones every
 task offers by name with weight 0 (`grpolab.rewards.optional`: `r1_format`, `language`, `overlong`, ...),
-configured by the run's `RewardConfig` (`reward.*`), which `get_task` hands to the task.
+configured by the run's `RewardConfig` (`reward.*`), which `get_task` hands to the task, plus the user's own
+functions named in `reward.functions` (grpolab/plugins.py).
+
+A task of your own is a subclass named by import path (`task=my_task.py:MyTask`): it implements
+`train_stream`, `eval_examples`, `task_rewards`, `extract_answer` and `is_correct` (and may override the rest).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from grpolab import plugins
+from grpolab.config import RewardConfig
 from grpolab.rewards import RewardFunction
+from grpolab.rewards.optional import optional_rewards
 
 
 class Task:
@@ -60,14 +67,17 @@ class Task:
         raise NotImplementedError
 
     def reward_functions(self) -> dict[str, RewardFunction]:
-        from grpolab.config import RewardConfig
-        from grpolab.rewards.optional import optional_rewards
-
-        optional = optional_rewards(self.reward_config or RewardConfig(), self.question)
-        return {**optional, **self.task_rewards()}
+        """The optional rewards (weight 0 unless asked for), the task's own and the user's `reward.functions`."""
+        config = self.reward_config or RewardConfig()
+        functions = {**optional_rewards(config, self.question), **self.task_rewards()}
+        return {**functions, **plugins.reward_functions(config.functions, set(functions))}
 
     def default_weights(self) -> dict[str, float]:
         return {name: 1.0 for name in self.task_rewards()}
+
+    def added_rewards(self) -> list[str]:
+        """The names of the user's `reward.functions` (weight 1 each unless `reward.weights` says otherwise)."""
+        return [spec.rpartition(":")[2] for spec in (self.reward_config or RewardConfig()).functions]
 
     def prepare_row(self, row: dict) -> dict:
         """A row as `grpolab score` reads it, completed from the task's own data where it can be."""

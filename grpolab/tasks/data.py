@@ -1,9 +1,14 @@
-"""Data for file-backed tasks: reading JSONL with one-line errors, the train / held-out split, and the
-seeded endless training stream.
+"""Data for file-backed tasks: reading JSONL with one-line errors, loading through the Hugging Face `datasets`
+library (hub data sets, and the local files of `task=hf:`), the train / held-out split, and the seeded endless
+training stream.
 
-Splits: a folder holding `train.jsonl` and `test.jsonl` uses them as they are. A single file (or a data
-set with one split) holds out every tenth row (rows 0, 10, 20, ...) and trains on the rest, so a run
-never trains on a row it evaluates on, whatever `eval.n` is.
+Splits: a folder holding `train.jsonl` and `test.jsonl` (or a `datasets` data set with `train` and `test`
+splits) uses them as they are. A single file (or the one split that `split=` picks, or a data set without
+both train and test, its splits taken together) holds out every tenth row (rows 0, 10, 20, ...) and trains on
+the rest, so a run never trains on a row it evaluates on, whatever `eval.n` is.
+
+`datasets` is imported only when such a task loads its rows: it is an optional dependency, and most runs
+never need it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import gzip
 import json
 import random
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,24 +99,69 @@ def first(rows: list[dict], n: int, task: str) -> list[dict]:
     return rows[:n]
 
 
-def load_hub(dataset: str, config: str | None, required: tuple[str, ...]) -> Splits:
-    """A Hugging Face hub data set (needs the `datasets` package and a network); not tested offline."""
+@contextmanager
+def quiet(datasets):
+    """`datasets`' error logs and progress bars off while it loads: the one-line TaskError says what failed,
+    and stays the only line (hub downloads keep huggingface_hub's own progress bars)."""
+    verbosity = datasets.logging.get_verbosity()
+    bars = datasets.config.HF_DATASETS_DISABLE_PROGRESS_BARS is None and not datasets.utils.are_progress_bars_disabled()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    if bars:
+        datasets.utils.disable_progress_bars()
     try:
-        from datasets import load_dataset
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if bars:
+            datasets.utils.enable_progress_bars()
+
+
+def load_with_datasets(source: str, failure: str, *args, **kwargs):
+    """`datasets.load_dataset(*args, **kwargs)`; a missing package or any failure to load is one TaskError
+    naming `source` (`failure` says what could not be done)."""
+    try:
+        import datasets
     except ImportError:
-        raise TaskError(f"loading {dataset} from the hub needs `pip install datasets`; or pass a local file") from None
+        needs = "loading it needs the datasets package: pip install datasets (or grpolab[hf])"
+        raise TaskError(f"{source}: {needs}") from None
     try:
-        loaded = load_dataset(dataset, config)
-    except Exception as error:  # network, missing data set: one line either way
-        raise TaskError(f"cannot load {dataset} from the hub ({type(error).__name__}); pass a local file") from None
-    splits = {name: [dict(row) for row in part] for name, part in loaded.items()}
-    for name, rows in splits.items():
-        missing = [field for field in required if rows and field not in rows[0]]
+        with quiet(datasets):
+            return datasets.load_dataset(*args, **kwargs)
+    except Exception as error:  # network, missing data set, unreadable file: one line whichever
+        cause = error.__cause__ or error  # a DatasetGenerationError wraps the reader's own, telling error
+        message = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else "no message"
+        raise TaskError(f"{source}: {failure} ({type(cause).__name__}: {message})") from None
+
+
+def chosen_splits(loaded, source: str, split: str | None) -> dict:
+    """The splits of a `datasets.DatasetDict` that a task uses: `split` alone, else train and test, else all."""
+    if split is not None:
+        if split not in loaded:
+            raise TaskError(f"{source}: no split {split!r} (available: {', '.join(loaded)})")
+        return {split: loaded[split]}
+    if "train" in loaded and "test" in loaded:
+        return {"train": loaded["train"], "test": loaded["test"]}
+    return dict(loaded)
+
+
+def dataset_splits(loaded, source: str, required: tuple[str, ...], split: str | None = None) -> Splits:
+    """A loaded `datasets.DatasetDict` as Splits (module docstring), its fields checked by split."""
+    parts = chosen_splits(loaded, source, split)
+    for name, part in parts.items():
+        missing = [field for field in required if field not in part.column_names]
         if missing:
-            raise TaskError(f"{dataset} split {name}: missing field(s) {', '.join(missing)}")
-    if "train" in splits and "test" in splits:
-        return Splits(train=splits["train"], held_out=splits["test"])
-    return split_rows([row for rows in splits.values() for row in rows])
+            columns = ", ".join(part.column_names)
+            raise TaskError(f"{source} split {name}: missing field(s) {', '.join(missing)} (columns: {columns})")
+    rows = {name: part.to_list() for name, part in parts.items()}
+    if split is None and "train" in rows and "test" in rows:
+        return Splits(train=rows["train"], held_out=rows["test"])
+    return split_rows([row for part in rows.values() for row in part])
+
+
+def load_hub(dataset: str, config: str | None, required: tuple[str, ...], split: str | None = None) -> Splits:
+    """A Hugging Face hub data set (needs the `datasets` package and a network); not tested offline."""
+    loaded = load_with_datasets(dataset, "cannot load it from the hub; pass a local file", dataset, config)
+    return dataset_splits(loaded, dataset, required, split)
 
 
 class FileTask(Task):
@@ -125,13 +176,16 @@ class FileTask(Task):
 
     def splits(self) -> Splits:
         if self._splits is None:
-            if self.source:
-                self._splits = load_splits(self.source, self.fields)
-            elif self.hub:
-                self._splits = load_hub(*self.hub, self.fields)
-            else:
-                raise TaskError(f"task {self.name} needs a data file: task={self.name}:PATH")
+            self._splits = self.load()
         return self._splits
+
+    def load(self) -> Splits:
+        """The task's rows, read once by `splits`."""
+        if self.source:
+            return load_splits(self.source, self.fields)
+        if self.hub:
+            return load_hub(*self.hub, self.fields)
+        raise TaskError(f"task {self.name} needs a data file: task={self.name}:PATH")
 
     def drop_rows(self, fits) -> dict[str, list[int]]:
         splits = self.splits()

@@ -13,19 +13,26 @@ from grpolab.tasks.gsm8k import MathAnswerTask
 
 class JsonlTask(MathAnswerTask):
     name = "jsonl"
+    #: the spec after `name:`: the source, then KEY=VALUE options (`grpolab.tasks.hf.HFTask` adds its own)
+    source_form = "PATH"
+    option_forms = ("question=FIELD", "answer=FIELD")
 
     def __init__(self, spec: str):
-        path, *options = spec.split(",")
+        path, *given = spec.split(",")
         if not path:
-            raise TaskError("task jsonl needs a path: task=jsonl:PATH[,question=FIELD][,answer=FIELD]")
-        names = {"question": "question", "answer": "answer"}
-        for option in options:
+            usage = "".join(f"[,{form}]" for form in self.option_forms)
+            raise TaskError(f"task {self.name} needs a path: task={self.name}:{self.source_form}{usage}")
+        #: the options given, None where not given
+        self.options: dict[str, str | None] = {form.partition("=")[0]: None for form in self.option_forms}
+        for option in given:
             key, _, value = option.partition("=")
-            if key not in names or not value:
-                raise TaskError(f"task jsonl: option {option!r} is not question=FIELD or answer=FIELD")
-            names[key] = value
+            if key not in self.options or not value:
+                allowed = ", ".join(self.option_forms[:-1]) + " or " + self.option_forms[-1]
+                raise TaskError(f"task {self.name}: option {option!r} is not {allowed}")
+            self.options[key] = value
         super().__init__(path)
-        self.question_field, self.answer_field = names["question"], names["answer"]
+        self.question_field = self.options["question"] or "question"
+        self.answer_field = self.options["answer"] or "answer"
         self.fields = (self.question_field, self.answer_field)
 
     def question(self, example: dict) -> str:

@@ -1,8 +1,8 @@
-"""A rollout's experience: what the loss needs besides the rollout itself (ALGORITHMS.md sections 1 and 3):
-the loss mask (DAPO's overlong filtering), old / reference log-probs, and the advantages, chosen in one place
-(`shape_batch`: online RFT's 1[correct], process supervision's step rewards mapped to tokens, or an outcome
-estimator of `grpolab.algorithms.advantages`). DAPO's soft overlong punishment is the `overlong` reward function
-(`reward.weights.overlong`, grpolab/rewards/optional.py).
+"""A step's rollout (`step_rollout`) and its experience: what the loss needs besides the rollout itself
+(ALGORITHMS.md sections 1 and 3): the loss mask (DAPO's overlong filtering), old / reference log-probs, and
+the advantages, chosen in one place (`shape_batch`: online RFT's 1[correct], process supervision's step
+rewards mapped to tokens, or an outcome estimator of `grpolab.algorithms.advantages`). DAPO's soft overlong
+punishment is the `overlong` reward function (`reward.weights.overlong`, grpolab/rewards/optional.py).
 
 It works on `RolloutBatch` objects; the maths each step uses lives in `grpolab.algorithms` as pure functions.
 """
@@ -24,7 +24,20 @@ from grpolab.algorithms.shaping import kl_penalised_rewards, overlong_loss_mask
 from grpolab.config import Config
 from grpolab.model.scoring import as_scorer
 from grpolab.rollout.batch import RolloutBatch
+from grpolab.rollout.sampling import sample_rollout
 from grpolab.training.micro_batches import micro_batches, score
+
+
+def step_rollout(run, step: int, stream, timer):
+    """The step's rollout (`rollout/sampling.sample_rollout`), the policy in eval mode; returns (batch, sampling
+    stats). `time/generate` counts the engine alone (the rewards have their own phase)."""
+    with timer("generate"):
+        run.policy.eval()
+        batch, stats = sample_rollout(
+            run.engine, run.tokenizer, run.task, stream, run.rewards, run.config, step, run.parallel.share, timer
+        )
+    timer.phases["generate"] -= timer.phases.get("rewards", 0.0)
+    return batch, stats
 
 
 def truncated(batch: RolloutBatch) -> torch.Tensor:
@@ -110,7 +123,7 @@ def shape_batch(
         kl = KL_ESTIMATORS[grpo.kl_estimator](old_logprobs, ref_logprobs)  # [B, T]
         rewards, sequence_kl = kl_penalised_rewards(rewards, kl, batch.completion_mask, grpo.beta)
         stats["kl_in_reward"] = sequence_kl.mean().item()
-    if grpo.algorithm == "online_rft":  # DeepSeekMath section 5: coefficient 1 on correct samples
+    if config.algorithm == "online_rft":  # DeepSeekMath section 5: coefficient 1 on correct samples
         advantages = rft_coefficients(batch.correct).unsqueeze(1)  # [B, 1]
     elif grpo.advantage == "process":
         advantages = process_advantages_for_batch(batch, task, tokenizer)  # [B, T]

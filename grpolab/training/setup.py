@@ -21,8 +21,9 @@ from grpolab.errors import ConfigError, TaskError
 from grpolab.model.attention import use_cpu_attention
 from grpolab.model.loading import load_model, load_tokenizer, resolve_model_path, sparse_embedding_gradients
 from grpolab.model.lora import apply_lora
-from grpolab.model.precision import device, use_bf16
+from grpolab.model.precision import default_device, use_bf16
 from grpolab.model.scoring import CompletionScorer
+from grpolab.model.value import ValueModel
 from grpolab.parallel.distributed import Parallel
 from grpolab.rewards.runner import RewardRunner, resolve_weights
 from grpolab.rollout.batch import PromptFit
@@ -52,6 +53,7 @@ class TrainingRun:
     scorer: torch.nn.Module  # what the loss calls for log-probs: the policy in a CompletionScorer (in DDP / FSDP)
     rollout_model: torch.nn.Module  # full weights for the engine and final/: the policy, or its copy under FSDP
     reference: Reference | None  # None when beta = 0: no reference model at all
+    value_model: torch.nn.Module | None  # PPO's value model (in DDP with many processes); None for GRPO
     iterations: IterativeRL
     engine: object
     optimizer: torch.optim.Optimizer
@@ -77,15 +79,19 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
         task.reward_functions(), weights, reward.on_error, reward.timeout_seconds, reward.num_workers
     )
     torch.manual_seed(config.seed)
-    on_device = parallel.device if parallel.active else device()
+    on_device = parallel.device if parallel.active else default_device()
     policy, tokenizer = parallel.local_main_first(lambda: load_policy(config, on_device, log))
     drop_overlong_rows(task, tokenizer, policy, config, log)
     bf16 = use_bf16(config.train.precision, on_device)
     if not parallel.active:
         sparse_embedding_gradients(policy)  # a tied embedding's gradient: its used rows only (grpolab/model/loading.py)
     scorer, rollout_model, reference = build_models(policy, parallel, config.grpo.beta > 0, bf16)
+    value_model = build_value_model(config, policy, on_device, parallel, log) if config.algorithm == "ppo" else None
+    groups = [{"params": [p for p in scorer.parameters() if p.requires_grad]}]
+    if value_model is not None:  # PPO: the value model's parameters, a group with its own learning rate
+        groups.append({"params": list(value_model.parameters()), "lr": config.ppo.value_learning_rate})
     optimizer = torch.optim.AdamW(
-        [p for p in scorer.parameters() if p.requires_grad],
+        groups,
         lr=config.train.learning_rate,
         betas=(config.train.adam_beta1, config.train.adam_beta2),
         weight_decay=config.train.weight_decay,
@@ -102,6 +108,7 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
         scorer=scorer,
         rollout_model=rollout_model,
         reference=reference,
+        value_model=value_model,
         iterations=IterativeRL(task, config.grpo.iteration_steps, config.grpo.replay_fraction, config.seed),
         engine=make_engine(config.rollout.engine, rollout_model, tokenizer, config.rollout.dtype),
         optimizer=optimizer,
@@ -126,6 +133,16 @@ def build_models(policy, parallel: Parallel, with_reference: bool, bf16: bool):
     scorer = parallel.shard(CompletionScorer(policy), bf16)
     reference = Reference(scorer, frozen=parallel.shard(CompletionScorer(frozen), bf16)) if with_reference else None
     return scorer, rollout_model, reference
+
+
+def build_value_model(config: Config, policy, device, parallel: Parallel, log):
+    """PPO's value model (grpolab/model/value.py): the policy's decoder copied, or `ppo.value_model`'s."""
+    source = policy
+    if config.ppo.value_model:
+        source = load_model(resolve_model_path(config.ppo.value_model, log=log)).to(device)
+        if config.train.attention == "auto":
+            use_cpu_attention(source)
+    return parallel.data_parallel(ValueModel(source).to(device))
 
 
 def load_policy(config: Config, target, log):
@@ -203,6 +220,8 @@ def restore(run: TrainingRun, checkpoint: Path | None, log) -> dict:
         state = load_sharded_checkpoint(checkpoint, run, saved_reference(run, resets))
     else:
         state = load_checkpoint(checkpoint, run.policy, run.optimizer, run.scheduler)
+        if run.value_model is not None:
+            unwrapped(run.value_model).load_state_dict(load_file(str(checkpoint / "value.safetensors")))
     if run.reference is not None:
         run.reference.resets = state["reference_resets"]
         if run.reference.frozen is not None and state["reference_resets"] and not sharded:
@@ -243,5 +262,12 @@ def save_training_checkpoint(run: TrainingRun, step: int, state: dict) -> None:
         save_sharded_checkpoint(run.run_dir, step, run, state, keep, reference)
     elif run.parallel.is_main:  # DDP: every rank holds the same weights and optimizer state
         extra = {"reference": reference} if reference is not None else {}
+        if run.value_model is not None:
+            extra["value"] = unwrapped(run.value_model)
         save_checkpoint(run.run_dir, step, run.policy, run.optimizer, run.scheduler, state, keep, extra)
     run.parallel.barrier()
+
+
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DDP wrapper (its state dict without the `module.` prefix)."""
+    return getattr(model, "module", model)

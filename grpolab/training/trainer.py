@@ -9,29 +9,27 @@
         mu optimisation passes over the rollout, each one optimizer step with exact gradient accumulation
         every K steps / at the end of an outer iteration: pi_ref <- pi_theta (and retrain reward models)
 
-Read top-down: `train` -> `run_training` -> `training_loop` -> `grpo_step` -> `optimisation_pass`, helpers
-after. The rollout comes from `grpolab/rollout/`, the experience (log-probs, advantages, masks) from
-`training/experience.py`, the set-up and checkpoints from `training/setup.py`, the split over many processes
-(torchrun, DDP / FSDP2) from `grpolab/parallel/` (ARCHITECTURE.md). Compute runs in bf16 autocast where the
-hardware supports it, with fp32 master weights and optimizer state.
+Read top-down: `train` -> `run_training` -> `training_loop` -> `grpo_step` -> `optimisation_pass`
+(`training/optimisation.py`, shared with PPO's step in `training/ppo.py`), helpers after. The rollout comes
+from `grpolab/rollout/`, the experience (log-probs, advantages, masks) from `training/experience.py`, the
+set-up and checkpoints from `training/setup.py`, the split over many processes (torchrun, DDP / FSDP2) from
+`grpolab/parallel/` (ARCHITECTURE.md). Compute runs in bf16 autocast where the hardware supports it, with
+fp32 master weights and optimizer state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
 
-import torch
-
-from grpolab.algorithms.objective import Normalisers, grpo_loss
 from grpolab.config import Config
+from grpolab.errors import TrainingError
 from grpolab.model.lora import save_policy
-from grpolab.model.scoring import as_scorer
 from grpolab.parallel import distributed
 from grpolab.parallel.distributed import Parallel, Silent, silenced
-from grpolab.rollout.evaluation import greedy_accuracy
-from grpolab.rollout.sampling import sample_rollout
+from grpolab.rollout.evaluation import greedy_accuracy, training_eval_summary
 from grpolab.runs.folder import (
     MetricsWriter,
     StopRequest,
@@ -42,9 +40,10 @@ from grpolab.runs.folder import (
 )
 from grpolab.runs.progress import Progress
 from grpolab.runs.tracking import Tracker, sample_due, sample_rows
-from grpolab.training.experience import shape_batch
+from grpolab.training.experience import shape_batch, step_rollout
 from grpolab.training.metrics import Timer, step_metrics, summary_line
-from grpolab.training.micro_batches import micro_batches, score
+from grpolab.training.optimisation import optimisation_pass
+from grpolab.training.ppo import ppo_step
 from grpolab.training.setup import CountingStream, TrainingRun, restore, save_training_checkpoint, setup
 
 
@@ -75,22 +74,29 @@ def run_training(config: Config, parallel: Parallel, log) -> Path:
 
 
 def training_loop(run: TrainingRun, state: dict, log) -> dict | None:
-    """The steps, from the first not yet done; returns the evaluation results, or None when stopped."""
+    """The steps, from the first not yet done; returns the evaluation results with the `stop_reason` (max_steps or
+    time_budget), or None when a signal stopped the run (saved to resume; non_finite is raised as a TrainingError)."""
     config, parallel, task, main = run.config, run.parallel, run.task, run.parallel.is_main
     metrics_writer = MetricsWriter(run.run_dir / "metrics.jsonl") if main else Silent()
     tracker = Tracker(config, run.run_dir) if main else Silent()
     eval_examples = run.eval_examples
-    progress = Progress(config.train.max_steps, config.log.quiet, config.log.every)
+    warnings_log = run.run_dir / "warnings.log"  # library deprecations while the live panel is drawn
+    progress = Progress(config.train.max_steps, config.log.quiet, config.log.every, warnings_log=warnings_log)
     if config.eval.before and eval_examples and "before" not in state["eval"]:
         state["eval"]["before"] = {"accuracy": evaluate(run, eval_examples)}
         progress.message(f"held-out accuracy before training: {state['eval']['before']['accuracy']:.3f}")
     stream = CountingStream(task.train_stream(config.seed), skip=state["examples_consumed"])
     deadline = time.monotonic() + 60 * config.train.max_minutes if config.train.max_minutes else math.inf
-    with StopRequest() as stop:
+    progress.set_deadline(deadline)
+    stop_reason, held_out = "max_steps", None  # held_out: (step, accuracy) of the latest eval.every evaluation
+    with StopRequest() as stop, contextlib.closing(progress):  # closed (and warnings restored) however it ends
         for step in range(state.get("step", 0) + 1, config.train.max_steps + 1):
-            record, batch = grpo_step(run, step, stream)
+            record, batch = step_function(run, step, stream)
             state["examples_consumed"] = stream.consumed
-            check_finite(record, state, config)
+            check_finite_step(record, state, config)
+            if config.eval.every and eval_examples and step % config.eval.every == 0:  # every rank, as before/after
+                record["eval/accuracy"] = evaluate(run, eval_examples)  # greedy: draws no training randomness
+                held_out = (step, record["eval/accuracy"])
             metrics_writer.write(record)
             tracker.log(record, step)
             if sample_due(step, config.log.samples_every, config.train.max_steps):
@@ -107,19 +113,26 @@ def training_loop(run: TrainingRun, state: dict, log) -> dict | None:
             if stopping:
                 progress.close()
                 tracker.close()
-                log(f"stopped at step {step}; checkpoint saved. Resume with: grpolab train --resume {run.run_dir}")
+                resume = f"grpolab train --resume {run.run_dir}"
+                log(f"stopped at step {step} (stop reason: signal); checkpoint saved. Resume with: {resume}")
                 return None
-            if time.monotonic() > deadline:  # the time budget ends training early; evaluation still runs
+            if time.monotonic() > deadline and not last:  # the time budget ends training early; evaluation runs
                 progress.message(f"train.max_minutes={config.train.max_minutes} reached after step {step}")
+                stop_reason = "time_budget"
                 break
-    progress.close()
-    results = {"n": len(eval_examples), **state["eval"]}
-    if config.eval.after and eval_examples:
-        results["after"] = {"accuracy": evaluate(run, eval_examples)}
+    results = {"n": len(eval_examples), **state["eval"], "stop_reason": stop_reason}
+    if config.eval.after and eval_examples:  # the weights of the last step: its evaluation when it had one
+        accuracy = held_out[1] if held_out and held_out[0] == state.get("step") else evaluate(run, eval_examples)
+        results["after"] = {"accuracy": accuracy}
     if main:
         tracker.log_eval(results, config.train.max_steps)
     tracker.close()
     return results
+
+
+def step_function(run: TrainingRun, step: int, stream):
+    """One optimizer step of the configured algorithm: GRPO (and online RFT) here, PPO in `training/ppo.py`."""
+    return (ppo_step if run.config.algorithm == "ppo" else grpo_step)(run, step, stream)
 
 
 def grpo_step(run: TrainingRun, step: int, stream):
@@ -127,12 +140,7 @@ def grpo_step(run: TrainingRun, step: int, stream):
     Returns (metrics record, rollout batch); with many processes both are of the whole batch, all ranks'."""
     config, policy, optimizer, parallel = run.config, run.policy, run.optimizer, run.parallel
     timer = Timer()
-    with timer("generate"):
-        policy.eval()
-        batch, sampling_stats = sample_rollout(
-            run.engine, run.tokenizer, run.task, stream, run.rewards, config, step, parallel.share, timer
-        )
-    timer.phases["generate"] -= timer.phases.get("rewards", 0.0)  # time/generate: the engine alone
+    batch, sampling_stats = step_rollout(run, step, stream, timer)
     shaped = shape_batch(
         run.scorer, run.reference, batch, run.task, run.tokenizer, config, run.bf16, run.device, timer,
         parallel.batch_wide,
@@ -169,46 +177,6 @@ def grpo_step(run: TrainingRun, step: int, stream):
     return record, batch
 
 
-def optimisation_pass(policy, batch, shaped, config: Config, bf16: bool, device, parallel: Parallel | None = None):
-    """One pass over the rollout in micro-batches, accumulating gradients of the full-batch loss (all ranks')."""
-    parallel, scorer = parallel or Parallel(), as_scorer(policy)
-    mask, advantages = shaped.loss_mask, shaped.advantages  # [B, T], [B, 1] or [B, T]
-    old_logprobs, ref_logprobs = shaped.old_logprobs, shaped.ref_logprobs
-    sequences, tokens = parallel.sum([float(mask.any(1).sum()), float(mask.sum())])  # of the whole batch
-    normalisers = Normalisers(max(1, int(sequences)), tokens, config.rollout.max_new_tokens)
-    totals: dict[str, float] = {"loss": 0.0}
-    current = torch.zeros_like(batch.sampling_logprobs)
-    train = config.train
-    parts = list(micro_batches(batch, train.micro_batch_size, train.share_prompts, train.micro_batch_tokens))
-    for index, part in enumerate(parts):
-        rows, width = part.rows, part.width
-        with parallel.accumulating(scorer, last=index == len(parts) - 1):
-            logprobs, entropy = score(
-                scorer, part, temperature=config.rollout.temperature, bf16=bf16, device=device, with_entropy=True,
-                entropy_grad=bool(config.grpo.entropy_coef),
-            )  # fmt: skip
-            logprobs = logprobs.float()
-            old = logprobs.detach() if old_logprobs is None else old_logprobs[rows, :width].to(device)
-            ref = None if ref_logprobs is None else ref_logprobs[rows, :width].to(device)
-            row_advantages = advantages[rows, : width if advantages.shape[1] > 1 else 1].to(device)
-            row_mask = mask[rows, :width].to(device)
-            sampling = batch.sampling_logprobs[rows, :width].to(device)
-            loss, stats = grpo_loss(
-                logprobs, old, ref, row_advantages, row_mask, config.grpo, normalisers, entropy.float(), sampling
-            )
-            # DDP and FSDP average the ranks' gradients; the loss is a sum over the whole batch's ranks
-            (loss * parallel.world_size if parallel.active else loss).backward()
-        share = row_mask.sum().item() / max(normalisers.num_tokens, 1.0)  # token-weighted share for logging means
-        totals["loss"] += loss.item()
-        for key, value in stats.items():
-            totals[key] = totals.get(key, 0.0) + value * share
-        current[rows, :width] = logprobs.detach().cpu()
-    for parameter in scorer.parameters():  # a tied embedding's sparse rows with no dense head gradient to join
-        if parameter.grad is not None and parameter.grad.is_sparse:
-            parameter.grad = parameter.grad.to_dense()
-    return parallel.sum_dict(totals), current
-
-
 def evaluate(run: TrainingRun, examples: list[dict]) -> float:
     """Greedy held-out accuracy; with many processes each scores every world_size-th example."""
     parallel = run.parallel
@@ -226,15 +194,26 @@ def reward_error_line(batch) -> str:
     return f"{batch.reward_errors} reward call(s) failed and scored 0 (reward.on_error=zero); first: {first}"
 
 
+def check_finite_step(record: dict, state: dict, config: Config) -> None:
+    """`check_finite`, its error line naming the stop reason as eval.json names the others."""
+    try:
+        check_finite(record, state, config)
+    except TrainingError as error:
+        raise TrainingError(f"stop reason: non_finite; {error}") from error
+
+
 def finish(run: TrainingRun, results: dict, log) -> None:
     """eval.json, final/ (refused when a weight is not finite), the summary and the report: rank 0 only."""
     if not run.parallel.is_main:
         return
     check_finite_weights(run.rollout_model)
-    write_json_atomic(run.run_dir / "eval.json", results)
+    write_json_atomic(run.run_dir / "eval.json", training_eval_summary(run.config.task, results))
     adapter_applies = run.reference is None or run.reference.resets == 0
     save_policy(run.rollout_model, run.tokenizer, run.run_dir, adapter_applies, save_model_atomic, log)
-    log(summary_line(results, run.run_dir))
+    from grpolab.report.model_card import write_model_card  # imported as the report is: only when a run ends
+
+    write_model_card(run.run_dir)
+    log(f"stop reason: {results['stop_reason']}; {summary_line(results, run.run_dir)}")
     if run.config.log.report:
         write_run_report(run.run_dir, log)
 

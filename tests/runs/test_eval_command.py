@@ -49,22 +49,22 @@ def test_score_groups_hand_computed():
 
 
 def test_format_table_lists_every_metric():
-    table = format_table([{"label": "base", "n": 4, "k": 1, "greedy_accuracy": 0.25}], label="label")
-    assert table.splitlines()[0].split() == ["label", "n", "k", "greedy_accuracy"]
+    table = format_table([{"label": "base", "n": 4, "k": 1, "accuracy": 0.25}], label="label")
+    assert table.splitlines()[0].split() == ["label", "n", "k", "accuracy"]
     assert table.splitlines()[2].split() == ["base", "4", "1", "0.250"]
 
 
 def test_eval_command_writes_summary_and_every_sample(tmp_path):
     out = tmp_path / "eval"
-    argv = ["eval", "--model", "tiny-random", "--task", "arithmetic", "n=3", "k=2", "max_new_tokens=4"]
+    argv = ["eval", "model=tiny-random", "task=arithmetic", "n=3", "k=2", "max_new_tokens=4"]
     result = subprocess.run(
         [sys.executable, "-m", "grpolab", *argv, f"output_dir={out}"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    assert "greedy_accuracy" in result.stdout and "maj@2" in result.stdout
+    assert "accuracy" in result.stdout and "maj@2" in result.stdout
     summary = json.loads((out / "eval.json").read_text())
     assert summary["n"] == 3 and summary["k"] == 2
-    for key in ("greedy_accuracy", "pass@1", "maj@k", "pass@k"):
+    for key in ("accuracy", "pass@1", "maj@k", "pass@k"):
         assert 0.0 <= summary[key] <= 1.0
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(records) == 3 + 3 * 2
@@ -77,9 +77,9 @@ def test_eval_command_writes_summary_and_every_sample(tmp_path):
 
 
 def test_eval_greedy_only_when_k_is_1(tmp_path):
-    assert main(["eval", "--model", "tiny-random", "n=2", "max_new_tokens=3", f"output_dir={tmp_path}/e"]) == 0
+    assert main(["eval", "model=tiny-random", "n=2", "max_new_tokens=3", f"output_dir={tmp_path}/e"]) == 0
     summary = json.loads((tmp_path / "e" / "eval.json").read_text())
-    assert "greedy_accuracy" in summary and "pass@1" not in summary
+    assert "accuracy" in summary and "pass@1" not in summary
 
 
 @pytest.mark.parametrize(
@@ -87,11 +87,11 @@ def test_eval_greedy_only_when_k_is_1(tmp_path):
     [("k=0", "k: got 0"), ("temperature=0", "temperature: got 0.0"), ("engine=vllm", "engine: got 'vllm'")],
 )
 def test_eval_rejects_bad_settings(tmp_path, capsys, override, message):
-    assert main(["eval", "--model", "tiny-random", override, f"output_dir={tmp_path}/e"]) == 2
+    assert main(["eval", "model=tiny-random", override, f"output_dir={tmp_path}/e"]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
 
 
 def test_eval_unknown_task_is_one_line(tmp_path, capsys):
-    assert main(["eval", "--model", "tiny-random", "--task", "nope", f"output_dir={tmp_path}/e"]) == 2
+    assert main(["eval", "model=tiny-random", "task=nope", f"output_dir={tmp_path}/e"]) == 2
     assert "task: unknown task 'nope'" in capsys.readouterr().err

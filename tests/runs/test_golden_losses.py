@@ -41,7 +41,7 @@ KEYS = ("loss", "kl", "reward_mean", "grad_norm", "clip_high_frac")
 def preset_record(name: str, run_dir: Path) -> list[dict]:
     from grpolab.training.trainer import train
 
-    config = load_config(str(ROOT / "configs" / f"{name}.yaml"), [*SMALL, f"output_dir={run_dir}"])
+    config = load_config(str(ROOT / "grpolab" / "configs" / f"{name}.yaml"), [*SMALL, f"output_dir={run_dir}"])
     train(config, log=lambda *args: None)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [{key: json.loads(line)[key] for key in KEYS} for line in lines]

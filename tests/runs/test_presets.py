@@ -1,7 +1,6 @@
 """Every shipped preset, and the knobs the presets do not cover, run 2 steps on tiny-random through the CLI."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -43,7 +42,7 @@ def train_cli(tmp_path, *args) -> list[dict]:
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_runs_two_steps(tmp_path, preset):
-    path = ROOT / "configs" / f"{preset}.yaml"
+    path = ROOT / "grpolab" / "configs" / f"{preset}.yaml"
     records = train_cli(tmp_path, str(path))
     assert [r["step"] for r in records] == [1, 2]
     for key in METRICS:
@@ -54,7 +53,7 @@ def test_preset_runs_two_steps(tmp_path, preset):
     "knobs",
     [
         ["grpo.advantage=process", "grpo.mu=2"],
-        ["grpo.algorithm=online_rft", "grpo.beta=0"],
+        ["algorithm=online_rft", "grpo.beta=0"],
         ["grpo.kl_in_reward=true", "grpo.kl_estimator=k1"],
         ["grpo.overlong_filter=true", "grpo.advantage=rloo", "grpo.entropy_coef=0.01"],
         ["grpo.iteration_steps=1", "grpo.ref_reset_every=1", "grpo.aggregation=token"],
@@ -87,7 +86,8 @@ def test_lora_run_saves_a_plain_merged_model_and_the_adapter(tmp_path):
         (["grpo.kl_in_reward=true", "grpo.beta=0"], "grpo.kl_in_reward"),
         (["grpo.kl_in_reward=true", "grpo.advantage=process"], "grpo.kl_in_reward"),
         (["reward.overlong_buffer=1.5"], "reward.overlong_buffer"),
-        (["grpo.algorithm=ppo"], "grpo.algorithm"),
+        (["grpo.algorithm=ppo"], "grpo.algorithm: is now the top-level key algorithm"),
+        (["algorithm=reinforce"], "algorithm"),
         (["grpo.dynamic_sampling_max_rounds=0"], "grpo.dynamic_sampling_max_rounds"),
         (["template=chatml"], "template"),
         (["lora.rank=-1"], "lora.rank"),
@@ -99,13 +99,13 @@ def test_bad_knobs_are_one_line_errors(overrides, message):
 
 
 def test_every_preset_loads_with_its_documented_values():
-    assert load_config(str(ROOT / "configs" / "grpo.yaml")).grpo.beta == 0.04
-    r1 = load_config(str(ROOT / "configs" / "r1_zero.yaml"))
+    assert load_config(str(ROOT / "grpolab" / "configs" / "grpo.yaml")).grpo.beta == 0.04
+    r1 = load_config(str(ROOT / "grpolab" / "configs" / "r1_zero.yaml"))
     assert (r1.grpo.beta, r1.template, r1.train.learning_rate) == (0.001, "r1_zero", 3e-6)
-    dapo = load_config(str(ROOT / "configs" / "dapo.yaml")).grpo
+    dapo = load_config(str(ROOT / "grpolab" / "configs" / "dapo.yaml")).grpo
     assert (dapo.eps_high, dapo.aggregation, dapo.dynamic_sampling) == (0.28, "token", True)
-    assert load_config(str(ROOT / "configs" / "dr_grpo.yaml")).grpo.advantage == "none"
-    assert load_config(str(ROOT / "configs" / "gspo.yaml")).grpo.ratio_level == "sequence"
+    assert load_config(str(ROOT / "grpolab" / "configs" / "dr_grpo.yaml")).grpo.advantage == "none"
+    assert load_config(str(ROOT / "grpolab" / "configs" / "gspo.yaml")).grpo.ratio_level == "sequence"
 
 
 def test_process_advantages_need_a_task_with_step_rewards():
@@ -121,4 +121,4 @@ def test_process_advantages_need_a_task_with_step_rewards():
 
 def test_online_rft_refuses_an_advantage_it_would_ignore():
     with pytest.raises(ConfigError, match="grpo.advantage"):
-        load_config(None, ["grpo.algorithm=online_rft", "grpo.advantage=rloo"])
+        load_config(None, ["algorithm=online_rft", "grpo.advantage=rloo"])

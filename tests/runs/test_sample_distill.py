@@ -85,8 +85,9 @@ def test_distill_command_trains_a_student(tmp_path, method):
 
 def test_distill_samples_the_teacher_when_no_data_is_given(tmp_path):
     out = tmp_path / "d"
-    argv = ["distill", "teacher=tiny-random", f"output_dir={out}", "sample.prompts=2", "sample.k=2"]
-    argv += ["sample.max_new_tokens=4", "sample.threshold=0", "sample.keep_truncated=true", "train.max_steps=1"]
+    argv = ["distill", "teacher=tiny-random", f"output_dir={out}", "rejection.prompts=2", "rejection.k=2"]
+    argv += ["rejection.max_new_tokens=4", "rejection.threshold=0", "rejection.keep_truncated=true"]
+    argv += ["train.max_steps=1"]
     assert main([*argv, "--quiet"]) == 0
     assert (out / "teacher_samples" / "data.jsonl").read_text().count("\n") == 4
     assert (out / "final" / "config.json").exists()

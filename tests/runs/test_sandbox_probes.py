@@ -18,16 +18,16 @@ import time
 import uuid
 
 import pytest
+
+from grpolab.cli import main
+from grpolab.rewards.sandbox import SandboxLimits, run_python
+from grpolab.tasks import get_task
 from tests.unit.test_sandbox import (  # noqa: F401 (mode, private_temp: fixtures)
     mode,
     private_temp,
     sandbox_folders,
     sandbox_processes,
 )
-
-from grpolab.cli import main
-from grpolab.rewards.sandbox import SandboxLimits, run_python
-from grpolab.tasks import get_task
 
 TIMEOUT = 5.0
 MARGIN = 10.0  # seconds: interpreter start-up and clean-up on a loaded machine

@@ -11,7 +11,7 @@ from grpolab.model.loading import ensure_tiny_random, load_model, load_tokenizer
 from grpolab.rollout.batch import collect_rollout
 from grpolab.tasks import get_task
 from grpolab.training.experience import ShapedBatch
-from grpolab.training.trainer import optimisation_pass
+from grpolab.training.optimisation import optimisation_pass
 
 
 @pytest.fixture(scope="module")
