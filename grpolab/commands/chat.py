@@ -1,46 +1,75 @@
-"""`grpolab chat MODEL_DIR [--prompt TEXT]`: talk to a trained model, to see what training made of it.
+"""`grpolab chat MODEL [key=value ...]` (or `model=MODEL`), e.g. `prompt="What is 2 + 3?"`: talk to a trained model,
+to see what training made of it.
 
 MODEL_DIR is a model folder, a run folder (its `final/` model is used) or any model name `train` accepts
 (`smollm2-135m`, `tiny-random`, a hub id). Prompts go through the tokenizer's chat template, and generation
 through the same engine interface that training samples with. A model is best asked the way it was trained:
-for a run folder the system prompt of the run's task is used (from its config.yaml), `--task` picks one for
-any model, and `--system` overrides both. Decoding is greedy by default, so that the
-same question always gets the same answer; `--temperature` samples instead.
+for a run folder the system prompt of the run's task is used (from its config.yaml), `task=` picks one for
+any model, and `system=` overrides both (`system=none`: no system message). Decoding is greedy by default, so
+that the same question always gets the same answer; `temperature=` > 0 samples instead. Like every command it
+takes its keys as `key=value` (`--prompt X` is refused with that hint).
 
-Replies are printed as their tokens come (`TextPrinter`): with `--engine hf` through `generate`'s streamer
-argument, with `--engine grpolab` through the engine's own prefill / decode / sampler driven one token at a time
-(`stream_grpolab`), since `engine.generate` returns whole completions only. Either way the reply is the one
-`engine.generate` gives for the same seed.
+Replies are printed as their tokens come (`TextPrinter`): with `engine=hf` through `generate`'s streamer
+argument, with `engine=grpolab` through the engine's `on_token` callback (`stream_grpolab`). Either way the reply
+is the one `engine.generate` gives for the same seed.
 
 Interactive mode keeps the conversation; `/reset` forgets it, `/exit` or Ctrl-D leaves.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from grpolab.errors import UserError
+from grpolab.config import check_ranges, describe_keys, load_config
+from grpolab.errors import ConfigError, UserError
+
+
+@dataclass
+class ChatConfig:
+    model: str = ""  # a model folder, a run folder (its final/ model) or a model name (smollm2-135m, a hub id)
+    prompt: str = ""  # answer this one prompt and exit (empty: an interactive conversation)
+    system: str = ""  # a system message before the conversation (empty: the task's; none: no system message)
+    task: str = ""  # whose system prompt to use (empty: a run folder's task)
+    engine: Literal["grpolab", "hf"] = "grpolab"  # the generation engine
+    max_new_tokens: int = 256  # tokens per reply
+    temperature: float = 0.0  # 0 is greedy; > 0 samples
+    top_p: float = 1.0  # nucleus sampling mass
+    seed: int = 0  # sampling seed (turn t uses seed + t)
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("model: required (grpolab chat MODEL [key=value ...], e.g. grpolab chat runs/my-run)")
+        check_ranges(
+            self,
+            {
+                "max_new_tokens": (lambda v: v >= 1, "an integer >= 1"),
+                "temperature": (lambda v: v >= 0, "a float >= 0"),
+                "top_p": (lambda v: 0 < v <= 1, "a float in (0, 1]"),
+            },
+        )
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "chat",
-        help="chat with a trained model (or answer one --prompt)",
+        help="chat with a trained model (or answer one prompt=...)",
         description="Chat with a model folder, a run folder (its final/ model) or a model name.",
+        epilog="keys (key = default):\n" + "\n".join(describe_keys(ChatConfig())),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", metavar="MODEL_DIR", help="model folder, run folder, or model name")
-    parser.add_argument("--prompt", help="answer this one prompt and exit")
-    parser.add_argument("--system", help="a system message placed before the conversation")
-    parser.add_argument("--task", help="use this task's system prompt (default: the run's task for a run folder)")
-    parser.add_argument(
-        "--engine", choices=["hf", "grpolab"], default="grpolab", help="generation engine (default: grpolab)"
-    )
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens per reply (default: 256)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default); > 0 samples")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    parser.set_defaults(func=run)
+    parser.add_argument("args", nargs="*", metavar="[MODEL] [key=value ...]")
+    parser.set_defaults(func=run, config_root=ChatConfig)  # `--key value` is refused (grpolab/cli.py)
+
+
+def chat_config(items: list[str]) -> ChatConfig:
+    """The first argument is the model when it is not a key=value pair."""
+    if items and "=" not in items[0]:
+        items = [f"model={items[0]}", *items[1:]]
+    return load_config(None, items, root=ChatConfig)
 
 
 def model_location(name: str) -> str:
@@ -67,27 +96,18 @@ def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
 
 
 def system_prompt(args) -> str | None:
-    """--system, else the system prompt of --task, else that of the run folder's task, else none."""
+    """system=, else the system prompt of task=, else that of the run folder's task, else none."""
     import yaml
 
     from grpolab.tasks import get_task
 
-    if args.system is not None:
-        return args.system or None
+    if args.system:
+        return None if args.system == "none" else args.system
     task = args.task
     run_config = Path(args.model).expanduser() / "config.yaml"
-    if task is None and (run_config.parent / "final").is_dir() and run_config.is_file():
+    if not task and (run_config.parent / "final").is_dir() and run_config.is_file():
         task = (yaml.safe_load(run_config.read_text()) or {}).get("task")
     return get_task(task).system_prompt if task else None
-
-
-def check_args(args) -> None:
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens: got {args.max_new_tokens}, expected an integer >= 1")
-    if args.temperature < 0:
-        raise UserError(f"--temperature: got {args.temperature}, expected a float >= 0")
-    if not 0 < args.top_p <= 1:
-        raise UserError(f"--top-p: got {args.top_p}, expected a float in (0, 1]")
 
 
 def load_engine(args):
@@ -103,7 +123,7 @@ def load_engine(args):
     except ModuleNotFoundError as error:
         if not (error.name or "").startswith("grpolab."):
             raise
-        raise UserError(f"--engine {args.engine}: not available in this installation") from None
+        raise UserError(f"engine={args.engine}: not available in this installation") from None
     return engine, tokenizer
 
 
@@ -185,12 +205,12 @@ def print_piece(text: str) -> None:
     print(text, end="", flush=True)
 
 
-def run(args) -> int:
-    check_args(args)
+def run(arguments) -> int:
+    args = chat_config(arguments.args)
     engine, tokenizer = load_engine(args)
     system = system_prompt(args)
     start = [{"role": "system", "content": system}] if system else []
-    if args.prompt is not None:
+    if args.prompt:
         answer = reply(engine, tokenizer, [*start, {"role": "user", "content": args.prompt}], args, 0, print_piece)
         print()
         if not answer:

@@ -1,12 +1,13 @@
-"""`grpolab score --task TASK --input FILE.jsonl --output OUT.jsonl`: score existing completions with a
+"""`grpolab score task=TASK input=FILE.jsonl output=OUT.jsonl [reward.*=...]`: score existing completions with a
 task's reward functions, without a model.
 
 Each input line holds the task's own fields plus `completion`; each output line is the input plus
 `reward` (the weighted total) and `rewards` (per function). The last line printed is one JSON object:
-`{"n": ..., "mean_reward": ..., "errors": ..., "seconds": ...}`. A reward call that fails scores 0 and is
-counted in `errors` (`--on-error raise` stops instead). The output is written to a temporary file and
-renamed at the end, so a failed run leaves no partial output; an existing output is kept unless
-`--overwrite`.
+`{"n": ..., "mean_reward": ..., "errors": ..., "seconds": ...}`. The reward keys are `grpolab train`'s
+(`reward.weights.NAME`, `reward.functions`, `reward.num_workers`, `reward.timeout_seconds`, ...), except that a
+reward call that fails scores 0 and is counted in `errors` by default (`reward.on_error=raise` stops instead).
+The output is written to a temporary file and renamed at the end, so a failed run leaves no partial output;
+an existing output is kept unless `overwrite=true`.
 """
 
 from __future__ import annotations
@@ -15,34 +16,37 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from grpolab.errors import TaskError, UserError
+from grpolab.commands.common import add_stage_parser, load_stage_config
+from grpolab.config import RANGES, RewardConfig, check_ranges
+from grpolab.errors import ConfigError, TaskError
+
+
+@dataclass
+class ScoreConfig:
+    task: str = ""  # the task whose rewards score, e.g. gsm8k, humaneval, jsonl:PATH, my_task.py:MyTask
+    input: str = ""  # JSONL: the task's fields + `completion` per line
+    output: str = ""  # JSONL: each input line + `reward` + `rewards`
+    overwrite: bool = False  # replace an existing output file
+    reward: RewardConfig = field(default_factory=lambda: RewardConfig(on_error="zero"))
+
+    def validate(self) -> None:
+        for key in ("task", "input", "output"):
+            if not getattr(self, key):
+                raise ConfigError(f"{key}: required (grpolab score task=TASK input=IN.jsonl output=OUT.jsonl)")
+        check_ranges(self, {key: RANGES[key] for key in RANGES if key.startswith("reward.")})
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("score", help="score existing completions with a task's rewards")
-    parser.add_argument("--task", required=True, help="task name, e.g. gsm8k, humaneval, jsonl:PATH")
-    parser.add_argument("--input", required=True, help="JSONL: the task's fields + `completion` per line")
-    parser.add_argument("--output", required=True, help="JSONL: each input line + `reward` + `rewards`")
-    parser.add_argument("--weight", action="append", default=[], metavar="NAME=W", help="reward weight (repeatable)")
-    parser.add_argument("--on-error", choices=["zero", "raise"], default="zero")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes for the reward functions")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per reward call")
-    parser.add_argument("--overwrite", action="store_true")
-    parser.set_defaults(func=run)
-
-
-def parse_weights(items: list[str]) -> dict[str, float]:
-
-    weights = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        try:
-            weights[name] = float(value)
-        except ValueError:
-            raise UserError(f"--weight {item!r}: expected NAME=NUMBER") from None
-    return weights
+    add_stage_parser(
+        subparsers,
+        "score",
+        ScoreConfig,
+        "score existing completions with a task's rewards",
+        "Score the completions of a JSONL file with a task's reward functions, without a model.",
+    ).set_defaults(func=run)
 
 
 def read_rows(task, path: str) -> list[dict]:
@@ -61,19 +65,17 @@ def read_rows(task, path: str) -> list[dict]:
 
 
 def run(args) -> int:
-    from grpolab.config import RewardConfig
     from grpolab.rewards.runner import RewardRunner, resolve_weights
     from grpolab.tasks import get_task
 
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
-    if args.workers < 0 or args.timeout <= 0:
-        raise UserError("--workers must be >= 0 and --timeout > 0")
-    config = RewardConfig(on_error=args.on_error, timeout_seconds=args.timeout, num_workers=args.workers)
-    task = get_task(args.task, config)
-    weights = resolve_weights(task, parse_weights(args.weight))
-    rows = read_rows(task, args.input)
+    score_config = load_stage_config(args, ScoreConfig)
+    config = score_config.reward
+    output = Path(score_config.output)
+    if output.exists() and not score_config.overwrite:
+        raise FileExistsError(f"{output} exists; pass overwrite=true to replace it")
+    task = get_task(score_config.task, config)
+    weights = resolve_weights(task, config.weights)
+    rows = read_rows(task, score_config.input)
     start = time.perf_counter()  # scoring time: from rows read to output written
     functions = task.reward_functions()
     with RewardRunner(functions, weights, config.on_error, config.timeout_seconds, config.num_workers) as runner:

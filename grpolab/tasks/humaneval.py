@@ -5,7 +5,7 @@ grpolab's sandbox (`grpolab.rewards.sandbox`), assembled as `grpolab.rewards.cod
 `grpolab score` accepts HumanEval's own sample format (`task_id` + `completion`): the prompt, tests and
 entry point are looked up by `task_id` (a string) when a row lacks them; a row with another `task_id`, or
 with problem fields that are not strings, is a one-line TaskError. Each sandbox run is limited to 10 s, or
-to `reward.timeout_seconds` (`grpolab score --timeout`) when that is shorter. As a training task it uses the split
+to `reward.timeout_seconds` when that is shorter. As a training task it uses the split
 rule of single-file tasks (every tenth problem held out; `grpolab.tasks.data`); `task=humaneval:PATH`
 reads HumanEval-format rows (`task_id`, `prompt`, `test`, `entry_point`) from a file instead.
 """

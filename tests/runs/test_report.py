@@ -141,7 +141,7 @@ def test_overlay_never_writes_into_a_run_folder(report_run, tmp_path, capsys):
 
 def test_chat_answers_one_prompt_from_a_run_folder(report_run, capsys):
     run_dir, _ = report_run
-    args = ["chat", str(run_dir), "--prompt", "What is 2 + 3?", "--max-new-tokens", "8", "--temperature", "1"]
+    args = ["chat", str(run_dir), "prompt=What is 2 + 3?", "max_new_tokens=8", "temperature=1"]
     assert main(args) == 0
     first = capsys.readouterr().out
     assert first.strip()  # (greedy decoding of this random model stops at once) some text, the same each time
@@ -154,7 +154,7 @@ def test_chat_interactive_keeps_the_conversation(report_run, monkeypatch, capsys
 
     run_dir, _ = report_run
     monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n\n/reset\nagain\n"))
-    assert main(["chat", str(run_dir / "final"), "--max-new-tokens", "4", "--temperature", "1.0"]) == 0
+    assert main(["chat", str(run_dir / "final"), "max_new_tokens=4", "temperature=1.0"]) == 0
     out = capsys.readouterr().out
     assert out.count("model> ") == 2
 
@@ -162,9 +162,9 @@ def test_chat_interactive_keeps_the_conversation(report_run, monkeypatch, capsys
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["chat", "/no/such/model", "--prompt", "hi"], "does not exist"),
-        (["chat", "tiny-random", "--prompt", "hi", "--temperature", "-1"], "--temperature"),
-        (["chat", "tiny-random", "--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens"),
+        (["chat", "/no/such/model", "prompt=hi"], "does not exist"),
+        (["chat", "tiny-random", "prompt=hi", "temperature=-1"], "temperature: got -1"),
+        (["chat", "tiny-random", "prompt=hi", "max_new_tokens=0"], "max_new_tokens: got 0"),
     ],
 )
 def test_chat_errors_are_one_line(args, message, capsys):
@@ -181,11 +181,11 @@ def test_chat_uses_the_system_prompt_of_the_run_task(report_run):
 
     run_dir, _ = report_run
     expected = get_task("arithmetic").system_prompt
-    assert system_prompt(Namespace(model=str(run_dir), system=None, task=None)) == expected
-    assert system_prompt(Namespace(model="tiny-random", system=None, task=None)) is None
-    assert system_prompt(Namespace(model="tiny-random", system=None, task="arithmetic")) == expected
-    assert system_prompt(Namespace(model=str(run_dir), system="Be brief.", task=None)) == "Be brief."
-    assert system_prompt(Namespace(model=str(run_dir), system="", task=None)) is None
+    assert system_prompt(Namespace(model=str(run_dir), system="", task="")) == expected
+    assert system_prompt(Namespace(model="tiny-random", system="", task="")) is None
+    assert system_prompt(Namespace(model="tiny-random", system="", task="arithmetic")) == expected
+    assert system_prompt(Namespace(model=str(run_dir), system="Be brief.", task="")) == "Be brief."
+    assert system_prompt(Namespace(model=str(run_dir), system="none", task="")) is None
 
 
 def test_chat_engine_not_built_yet(capsys):
@@ -193,13 +193,13 @@ def test_chat_engine_not_built_yet(capsys):
 
     if importlib.util.find_spec("grpolab.engine.grpolab_engine") is not None:
         pytest.skip("the grpolab engine exists in this checkout")
-    assert main(["chat", "tiny-random", "--prompt", "hi", "--engine", "grpolab"]) == 2
+    assert main(["chat", "tiny-random", "prompt=hi", "engine=grpolab"]) == 2
     assert "--engine grpolab: not available" in capsys.readouterr().err
 
 
 def test_chat_on_an_unfinished_run_folder(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text("")
-    assert main(["chat", str(tmp_path), "--prompt", "hi"]) == 2
+    assert main(["chat", str(tmp_path), "prompt=hi"]) == 2
     assert "without a final/ model" in capsys.readouterr().err
 
 

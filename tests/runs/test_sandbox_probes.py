@@ -44,15 +44,15 @@ def problems():
 
 
 def score_rows(tmp_path, capsys, rows: list[dict], timeout: float = TIMEOUT, workers: int = 16) -> list[float]:
-    """`grpolab score --task humaneval` on `rows`, all sandboxes at once; asserts the run's time bound and
+    """`grpolab score task=humaneval` on `rows`, all sandboxes at once; asserts the run's time bound and
     that no sandbox folder or process is left; returns the rewards."""
     source, output = tmp_path / f"in-{uuid.uuid4().hex}.jsonl", tmp_path / f"out-{uuid.uuid4().hex}.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     before = sandbox_folders()
     start = time.monotonic()
-    args = ["score", "--task", "humaneval", "--input", source, "--output", output, "--timeout", timeout]
     workers = min(len(rows), workers)
-    code = main([*map(str, args), "--workers", str(workers)])
+    args = ["score", "task=humaneval", f"input={source}", f"output={output}", f"reward.timeout_seconds={timeout}"]
+    code = main([*args, f"reward.num_workers={workers}"])
     elapsed = time.monotonic() - start
     capsys.readouterr()
     assert code == 0

@@ -28,14 +28,14 @@ def test_gsm8k_reference_answers_score_one_and_wrong_answers_zero(tmp_path, caps
         {"question": "q3", "answer": "#### 5", "completion": "The answer is \\boxed{6}."},
     ]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
-    code, out, _ = score(capsys, "--task", "gsm8k", "--input", source, "--output", tmp_path / "out.jsonl")
+    code, out, _ = score(capsys, "task=gsm8k", f"input={source}", f"output={tmp_path / 'out.jsonl'}")
     assert code == 0
     assert json.loads(out[-1]) | {"seconds": 0} == {"n": 3, "mean_reward": 2 / 3, "errors": 0, "seconds": 0}
     written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["reward"] for r in written] == [1.0, 1.0, 0.0]
     assert written[0]["rewards"] == {"correctness": 1.0} and written[0]["question"] == "q1"
     code, out, _ = score(
-        capsys, "--task", "gsm8k", "--input", source, "--output", tmp_path / "w.jsonl", "--weight", "r1_format=0.5"
+        capsys, "task=gsm8k", f"input={source}", f"output={tmp_path / 'w.jsonl'}", "reward.weights.r1_format=0.5"
     )
     assert [json.loads(line)["rewards"]["r1_format"] for line in (tmp_path / "w.jsonl").read_text().splitlines()] == [
         0.0,
@@ -56,7 +56,7 @@ def test_humaneval_canonical_solutions_pass_and_wrong_ones_fail(tmp_path, capsys
         {"task_id": "HumanEval/2", "completion": "import sys\nsys.exit(0)\n"},
     ]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
-    code, out, _ = score(capsys, "--task", "humaneval", "--input", source, "--output", tmp_path / "out.jsonl")
+    code, out, _ = score(capsys, "task=humaneval", f"input={source}", f"output={tmp_path / 'out.jsonl'}")
     assert code == 0
     written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["reward"] for r in written] == [1.0, 1.0, 1.0, 0.0, 0.0]
@@ -65,16 +65,16 @@ def test_humaneval_canonical_solutions_pass_and_wrong_ones_fail(tmp_path, capsys
 
 def test_bad_input_is_one_line_and_nothing_is_overwritten(tmp_path, capsys):
     output = tmp_path / "out.jsonl"
-    code, _, err = score(capsys, "--task", "gsm8k", "--input", tmp_path / "missing.jsonl", "--output", output)
+    code, _, err = score(capsys, "task=gsm8k", f"input={tmp_path / 'missing.jsonl'}", f"output={output}")
     assert code == 2 and "no such data file" in err and err.count("\n") == 1
     source = write_jsonl(tmp_path / "in.jsonl", [{"question": "q", "answer": "#### 1"}])
-    code, _, err = score(capsys, "--task", "gsm8k", "--input", source, "--output", output)
+    code, _, err = score(capsys, "task=gsm8k", f"input={source}", f"output={output}")
     assert code == 2 and "line 1: missing field(s) completion" in err
     output.write_text("keep me")
-    code, _, err = score(capsys, "--task", "gsm8k", "--input", source, "--output", output)
+    code, _, err = score(capsys, "task=gsm8k", f"input={source}", f"output={output}")
     assert code == 2 and "exists" in err and output.read_text() == "keep me"
     code, _, err = score(
-        capsys, "--task", "gsm8k", "--input", source, "--output", tmp_path / "o.jsonl", "--weight", "x=1"
+        capsys, "task=gsm8k", f"input={source}", f"output={tmp_path / 'o.jsonl'}", "reward.weights.x=1"
     )
     assert code == 2 and "reward.weights.x" in err
 
@@ -92,7 +92,7 @@ def test_humaneval_problems_whose_tests_use_prompt_helpers_pass_and_wrong_ones_f
     rows.append({"task_id": "HumanEval/38", "completion": own_encoder})
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     output = tmp_path / "out.jsonl"
-    code, _, _ = score(capsys, "--task", "humaneval", "--input", source, "--output", output, "--workers", 4)
+    code, _, _ = score(capsys, "task=humaneval", f"input={source}", f"output={output}", "reward.num_workers=4")
     assert code == 0
     assert [json.loads(line)["reward"] for line in output.read_text().splitlines()] == [1.0] * 5 + [0.0] * 7
 
@@ -106,7 +106,7 @@ def test_a_humaneval_row_with_a_task_id_that_is_not_a_known_string_is_one_line(t
     ]:
         rows = [{"task_id": "HumanEval/0", "completion": "x"}, {"task_id": task_id, "completion": "x"}]
         source = write_jsonl(tmp_path / "in.jsonl", rows)
-        code, _, err = score(capsys, "--task", "humaneval", "--input", source, "--output", output)
+        code, _, err = score(capsys, "task=humaneval", f"input={source}", f"output={output}")
         assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
         assert not output.exists()
 
@@ -116,6 +116,6 @@ def test_all_164_humaneval_canonical_solutions_score_one(tmp_path, capsys):
     problems = get_task("humaneval").problems()
     rows = [{"task_id": task_id, "completion": p["canonical_solution"]} for task_id, p in problems.items()]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
-    code, out, _ = score(capsys, "--task", "humaneval", "--input", source, "--output", tmp_path / "out.jsonl")
+    code, out, _ = score(capsys, "task=humaneval", f"input={source}", f"output={tmp_path / 'out.jsonl'}")
     assert code == 0
     assert json.loads(out[-1])["n"] == 164 and json.loads(out[-1])["mean_reward"] == 1.0

@@ -99,7 +99,7 @@ def test_chat_streams_its_reply(engine, monkeypatch, capsys):
 
     pieces = []
     monkeypatch.setattr(chat, "print_piece", lambda text: pieces.append(text) or print(text, end=""))
-    args = ["--prompt", "What is 2 + 3?", "--temperature", "1", "--max-new-tokens", "16", "--engine", engine]
+    args = ["prompt=What is 2 + 3?", "temperature=1", "max_new_tokens=16", f"engine={engine}"]
     assert main(["chat", "tiny-random", *args]) == 0
     out = capsys.readouterr().out
     assert len(pieces) > 1  # printed as the tokens came, not at the end
