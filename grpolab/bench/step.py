@@ -149,7 +149,7 @@ def run_side(side: str, python: str, spec: dict, module: str = "grpolab.bench.st
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"bench: the {side} side failed (exit {done.returncode}); see its output above")
-    print(f"bench: {side} side done: {lines[-1].removeprefix('RESULT ')[:400]}", file=sys.stderr, flush=True)
+    print(f"bench: {side} side done: {lines[-1].removeprefix('RESULT ')}", file=sys.stderr, flush=True)
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
