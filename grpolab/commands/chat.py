@@ -18,13 +18,13 @@ Interactive mode keeps the conversation; `/reset` forgets it, `/exit` or Ctrl-D 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from grpolab.config import check_ranges, describe_keys, load_config
+from grpolab.commands.common import add_stage_parser
+from grpolab.config import check_ranges, load_config
 from grpolab.errors import ConfigError, UserError
 
 
@@ -54,15 +54,14 @@ class ChatConfig:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    add_stage_parser(
+        subparsers,
         "chat",
-        help="chat with a trained model (or answer one prompt=...)",
-        description="Chat with a model folder, a run folder (its final/ model) or a model name.",
-        epilog="keys (key = default):\n" + "\n".join(describe_keys(ChatConfig())),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("args", nargs="*", metavar="[MODEL] [key=value ...]")
-    parser.set_defaults(func=run, config_root=ChatConfig)  # `--key value` is refused (grpolab/cli.py)
+        ChatConfig,
+        "chat with a trained model (or answer one prompt=...)",
+        "Chat with a model folder, a run folder (its final/ model) or a model name.",
+        metavar="[MODEL] [key=value ...]",
+    ).set_defaults(func=run)
 
 
 def chat_config(items: list[str]) -> ChatConfig:

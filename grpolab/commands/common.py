@@ -9,8 +9,12 @@ from grpolab.commands.train import split_config_args
 from grpolab.config import describe_keys, load_config
 
 
-def add_stage_parser(subparsers, name: str, root: type, help_text: str, description: str, appendix: str = ""):
-    """The command's parser; `appendix` replaces key lines that are lists (shown as YAML instead)."""
+def add_stage_parser(
+    subparsers, name: str, root: type, help_text: str, description: str, appendix: str = "",
+    positionals: tuple[tuple[str, dict], ...] = (), metavar: str = "[CONFIG.yaml] [key=value ...]",
+):  # fmt: skip
+    """The command's parser; `appendix` replaces key lines that are lists (shown as YAML instead);
+    `positionals` are (name, add_argument options) of arguments before the `key=value` list."""
     keys = [
         line for line in describe_keys(root()) if not (appendix and "  (list[" in line and "(list[str])" not in line)
     ]
@@ -21,7 +25,9 @@ def add_stage_parser(subparsers, name: str, root: type, help_text: str, descript
         epilog="configuration keys (key = default):\n" + "\n".join(keys) + appendix,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
+    for argument, options in positionals:
+        parser.add_argument(argument, **options)
+    parser.add_argument("args", nargs="*", metavar=metavar)
     parser.set_defaults(config_root=root)  # `--key value` for one of these keys is refused (grpolab/cli.py)
     return parser
 

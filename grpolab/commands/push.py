@@ -8,11 +8,11 @@ one huggingface_hub finds itself (HF_TOKEN, or `hf auth login`).
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from grpolab.config import describe_keys, load_config
+from grpolab.commands.common import add_stage_parser
+from grpolab.config import load_config
 from grpolab.errors import UserError
 
 
@@ -23,17 +23,18 @@ class PushConfig:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
+    add_stage_parser(
+        subparsers,
         "push",
-        help="upload a run's final/ model (and its model card) to the Hugging Face hub",
-        description="Upload RUN_DIR/final to the hub repo REPO_ID (created when missing), with its model card.",
-        epilog="keys (key = default):\n" + "\n".join(describe_keys(PushConfig())),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by grpolab train")
-    parser.add_argument("repo_id", metavar="REPO_ID", help="the hub repo, owner/name")
-    parser.add_argument("args", nargs="*", metavar="key=value", help="private=true, token=...")
-    parser.set_defaults(func=run)
+        PushConfig,
+        "upload a run's final/ model (and its model card) to the Hugging Face hub",
+        "Upload RUN_DIR/final to the hub repo REPO_ID (created when missing), with its model card.",
+        positionals=(
+            ("run_dir", {"metavar": "RUN_DIR", "help": "a run folder written by grpolab train"}),
+            ("repo_id", {"metavar": "REPO_ID", "help": "the hub repo, owner/name"}),
+        ),
+        metavar="key=value",
+    ).set_defaults(func=run)
 
 
 def final_folder(run_dir: Path) -> Path:
