@@ -18,7 +18,7 @@ import typing
 from grpolab.errors import ConfigError, ModelError, RewardError, RunFolderError, TaskError, TrainingError, UserError
 from grpolab.model.memory import keep_freed_memory
 
-COMMANDS = ["train", "eval", "sft", "sample", "distill", "pipeline", "score", "report", "chat", "bench", "push"]
+COMMANDS = ["train", "eval", "sft", "sample", "distill", "pipeline", "score", "report", "chat", "bench", "plan", "push"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,6 +69,9 @@ class RolloutConfig:
     # prompts per engine call (0: all of this process's prompts at once); each call is seeded by the global index
     # of its first prompt, so a run split over processes samples what one process with this setting samples
     generation_batch: int = 0
+    # true: the engine generates from the trainer's own weights through the transformers forward (no second copy;
+    # needs rollout.dtype=fp32, the trainer's dtype); false: its own packed copy (faster decoding)
+    share_weights: bool = False
 
 
 @dataclass
@@ -80,7 +83,17 @@ class TrainConfig:
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # 0: no clipping (the norm is still logged)
+    # adamw: fp32 moments (torch's fused AdamW); adamw_8bit: block-wise 8-bit moments, ~2 bytes a parameter
+    # instead of 8 (grpolab/training/optimizers.py)
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
+    # each parameter updated as soon as its gradient is ready, then the gradient freed: needs the whole rollout
+    # in one micro-batch and train.max_grad_norm=0
+    optimizer_in_backward: bool = False
+    activation_checkpointing: bool = False  # keep each decoder layer's input only; recompute the rest in backward
+    activation_offload: bool = False  # with activation_checkpointing on a GPU: those inputs in host memory
+    # > 0: before the first step, `grpolab plan`'s worst-case step; the run is refused if its peak would exceed this
+    memory_limit_gb: float = 0.0
     micro_batch_size: int = 16
     micro_batch_tokens: int = 0  # > 0: micro-batches by padded-token budget instead of micro_batch_size rows
     # rows per no-gradient scoring pass (reference / old-policy log-probs): these keep no activations for a
@@ -245,7 +258,8 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.learning_rate": (lambda v: v >= 0, "a float >= 0"),
     "train.warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
     "train.weight_decay": (lambda v: v >= 0, "a float >= 0"),
-    "train.max_grad_norm": (lambda v: v > 0, "a float > 0"),
+    "train.max_grad_norm": (lambda v: v >= 0, "a float >= 0 (0: no clipping)"),
+    "train.memory_limit_gb": (lambda v: v >= 0, "a float >= 0 (0: no memory check before the run)"),
     "train.micro_batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "train.micro_batch_tokens": (lambda v: v >= 0, "an integer >= 0 (0: micro_batch_size rows)"),
     "train.scoring_batch_size": (lambda v: v >= 1, "an integer >= 1"),
@@ -437,6 +451,34 @@ def validate_grpo(config: Config) -> None:
         raise ConfigError("parallel.strategy: 'fsdp' with LoRA is not supported; use 'ddp' (LoRA trains few weights)")
     if config.lora.rank and not config.lora.target_modules.strip():
         raise ConfigError("lora.target_modules: must name modules (e.g. q_proj,v_proj) or be 'all-linear'")
+    validate_memory(config)
+
+
+def validate_memory(config: Config) -> None:
+    """The memory levers' requirements (grpolab/training/optimizers.py, grpolab/model/checkpointing.py)."""
+    train, rollout = config.train, config.rollout
+    if train.optimizer_in_backward:
+        completions = rollout.prompts_per_step * rollout.group_size
+        needs = {
+            "train.max_grad_norm": (train.max_grad_norm != 0, "set it to 0: clipping needs every gradient at once"),
+            "train.micro_batch_size": (
+                train.micro_batch_size < completions or train.micro_batch_tokens,
+                f"set it >= {completions} (the rollout's completions) and train.micro_batch_tokens=0: the update "
+                "runs in the backward, so there is one backward per step, without accumulation",
+            ),
+            "algorithm": (config.algorithm == "ppo", "ppo is not supported with it (two models' gradients)"),
+            "parallel.strategy": (config.parallel.strategy == "fsdp", "fsdp is not supported with it"),
+        }
+        for key, (refused, why) in needs.items():
+            if refused:
+                raise ConfigError(f"train.optimizer_in_backward: {key}: {why}")
+    if train.activation_offload and not train.activation_checkpointing:
+        raise ConfigError(
+            "train.activation_offload: offloads the checkpoints, so it needs train.activation_checkpointing=true"
+        )
+    if rollout.share_weights and (rollout.dtype != "fp32" or rollout.engine != "grpolab"):
+        raise ConfigError("rollout.share_weights: the engine shares the trainer's fp32 weights only with "
+                          "rollout.engine=grpolab rollout.dtype=fp32")  # fmt: skip
 
 
 def validate_ppo(config: Config) -> None:

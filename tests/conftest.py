@@ -43,3 +43,33 @@ def tiny_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     run_cli("train", *TINY, f"output_dir={run_dir}", check=True)
     return run_dir
+
+
+# A Qwen2 of tiny shape, for `model=random:<config.json>` (the ids are its own tokenizer's, replaced on building)
+TINY_QWEN2 = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 64,
+    "vocab_size": 128,  # more rows than tiny-random's 103 tokens, as real checkpoints pad their vocabulary
+    "tie_word_embeddings": True,
+    "bos_token_id": 151643,
+    "eos_token_id": 151643,
+}
+
+
+def kill_at_checkpoint(args: list[str], run_dir, step: int) -> None:
+    """Start `python -m grpolab ARGS`, kill -9 it once run_dir's checkpoint of `step` exists."""
+    import signal
+
+    process = subprocess.Popen([sys.executable, "-m", "grpolab", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        while not (run_dir / "checkpoints" / f"step-{step}").exists():
+            assert process.poll() is None, "the run ended before the test could kill it"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()

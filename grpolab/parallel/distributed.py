@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 
@@ -179,7 +180,8 @@ class Parallel:
         return contextlib.nullcontext()
 
     def clip_grad_norm(self, scorer, max_norm: float) -> float:
-        norm = torch.nn.utils.clip_grad_norm_(scorer.parameters(), max_norm)
+        """The gradients' global norm, after clipping them to `max_norm` (0: measured, not clipped)."""
+        norm = torch.nn.utils.clip_grad_norm_(scorer.parameters(), max_norm or math.inf)
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def sync_rollout_model(self, scorer, rollout_model) -> None:

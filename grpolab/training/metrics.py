@@ -19,6 +19,7 @@ class Timer:
     phases), for tools that attribute work to phases (`bench step --floor`)."""
 
     current: str | None = None
+    watch = None  # a context manager factory run around every phase (`grpolab plan`'s memory per phase)
 
     def __init__(self):
         self.start = time.perf_counter()
@@ -29,7 +30,8 @@ class Timer:
         begin, outer = time.perf_counter(), Timer.current
         Timer.current = phase
         try:
-            yield
+            with Timer.watch(phase) if Timer.watch else contextlib.nullcontext():
+                yield
         finally:
             Timer.current = outer
         self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - begin

@@ -3,10 +3,13 @@ rollout in micro-batches, with exact gradient accumulation to the full-batch los
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from grpolab.algorithms.objective import Normalisers, grpo_loss
 from grpolab.config import Config
+from grpolab.errors import TrainingError
 from grpolab.model.scoring import as_scorer
 from grpolab.parallel.distributed import Parallel
 from grpolab.training.micro_batches import micro_batches, score
@@ -23,6 +26,8 @@ def optimisation_pass(policy, batch, shaped, config: Config, bf16: bool, device,
     current = torch.zeros_like(batch.sampling_logprobs)
     train = config.train
     parts = list(micro_batches(batch, train.micro_batch_size, train.share_prompts, train.micro_batch_tokens))
+    if train.optimizer_in_backward and len(parts) > 1:  # Config.validate refuses the settings that lead here
+        raise TrainingError(f"train.optimizer_in_backward: the rollout split into {len(parts)} micro-batches")
     for index, part in enumerate(parts):
         rows, width = part.rows, part.width
         with parallel.accumulating(scorer, last=index == len(parts) - 1):
@@ -50,3 +55,18 @@ def optimisation_pass(policy, batch, shaped, config: Config, bf16: bool, device,
         if parameter.grad is not None and parameter.grad.is_sparse:
             parameter.grad = parameter.grad.to_dense()
     return parallel.sum_dict(totals), current
+
+
+def apply_update(run, loss: float) -> tuple[float, bool]:
+    """The optimizer step after a pass's backward: (gradient norm, whether the update was applied). The
+    gradients are clipped to `train.max_grad_norm`; a non-finite loss or norm skips the update. With
+    `train.optimizer_in_backward` the updates already ran in the backward pass: this only reads their norm."""
+    if run.step_in_backward is not None:
+        norm = run.step_in_backward.end()
+        return norm, math.isfinite(norm)
+    norm = run.parallel.clip_grad_norm(run.scorer, run.config.train.max_grad_norm)
+    applied = math.isfinite(norm) and math.isfinite(loss)  # the same on every rank
+    if applied:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)  # gradients are not held through the next rollout
+    return norm, applied

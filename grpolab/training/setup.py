@@ -19,6 +19,7 @@ from grpolab.config import Config
 from grpolab.engine import make_engine
 from grpolab.errors import ConfigError, TaskError
 from grpolab.model.attention import use_cpu_attention
+from grpolab.model.checkpointing import enable_activation_checkpointing
 from grpolab.model.loading import load_model, load_tokenizer, resolve_model_path, sparse_embedding_gradients
 from grpolab.model.lora import apply_lora
 from grpolab.model.precision import default_device, use_bf16
@@ -36,6 +37,7 @@ from grpolab.runs.sharded_checkpoint import is_sharded, load_sharded_checkpoint,
 from grpolab.runs.tracking import check_backends
 from grpolab.tasks import Task, get_task
 from grpolab.training.iterative import IterativeRL
+from grpolab.training.optimizers import StepInBackward, make_optimizer
 from grpolab.training.reference import Reference
 
 
@@ -57,6 +59,7 @@ class TrainingRun:
     iterations: IterativeRL
     engine: object
     optimizer: torch.optim.Optimizer
+    step_in_backward: StepInBackward | None  # train.optimizer_in_backward: the updates run in the backward pass
     scheduler: object
     bf16: bool
     device: torch.device
@@ -71,6 +74,9 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
     weights = resolve_weights(task, config.reward.weights)
     check_backends(config.log)
     eval_examples = task.eval_examples(config.eval.n)  # data that cannot load, or too few rows, fail here
+    on_device = parallel.device if parallel.active else default_device()
+    if config.train.activation_offload and on_device.type == "cpu":
+        raise ConfigError("train.activation_offload: offloads to host memory from a GPU; this run is on the CPU")
     locks: list[RunLock] = []  # the lock stays with rank 0; only the folder and checkpoint are broadcast
     run_dir, checkpoint = parallel.on_main(lambda: open_locked(config, locks))  # rank 0 writes the run folder
     lock = locks[0] if locks else None
@@ -79,7 +85,6 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
         task.reward_functions(), weights, reward.on_error, reward.timeout_seconds, reward.num_workers
     )
     torch.manual_seed(config.seed)
-    on_device = parallel.device if parallel.active else default_device()
     policy, tokenizer = parallel.local_main_first(lambda: load_policy(config, on_device, log))
     drop_overlong_rows(task, tokenizer, policy, config, log)
     bf16 = use_bf16(config.train.precision, on_device)
@@ -90,13 +95,8 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
     groups = [{"params": [p for p in scorer.parameters() if p.requires_grad]}]
     if value_model is not None:  # PPO: the value model's parameters, a group with its own learning rate
         groups.append({"params": list(value_model.parameters()), "lr": config.ppo.value_learning_rate})
-    optimizer = torch.optim.AdamW(
-        groups,
-        lr=config.train.learning_rate,
-        betas=(config.train.adam_beta1, config.train.adam_beta2),
-        weight_decay=config.train.weight_decay,
-        fused=True,  # one kernel over all parameters (CPU and CUDA), no per-tensor Python loop or temporaries
-    )
+    optimizer = make_optimizer(groups, config.train)
+    step_in_backward = StepInBackward(optimizer, groups[0]["params"]) if config.train.optimizer_in_backward else None
     run = TrainingRun(
         config=config,
         run_dir=run_dir,
@@ -110,8 +110,11 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
         reference=reference,
         value_model=value_model,
         iterations=IterativeRL(task, config.grpo.iteration_steps, config.grpo.replay_fraction, config.seed),
-        engine=make_engine(config.rollout.engine, rollout_model, tokenizer, config.rollout.dtype),
+        engine=make_engine(
+            config.rollout.engine, rollout_model, tokenizer, config.rollout.dtype, config.rollout.share_weights
+        ),
         optimizer=optimizer,
+        step_in_backward=step_in_backward,
         scheduler=make_scheduler(optimizer, config),
         bf16=bf16,
         device=on_device,
@@ -154,6 +157,8 @@ def load_policy(config: Config, target, log):
     if config.lora.rank:
         lora = config.lora
         policy = apply_lora(policy, lora.rank, lora.alpha, lora.dropout, lora.target_modules)
+    if config.train.activation_checkpointing:
+        enable_activation_checkpointing(policy, offload=config.train.activation_offload)
     return policy, tokenizer
 
 

@@ -42,7 +42,8 @@ from grpolab.runs.progress import Progress
 from grpolab.runs.tracking import Tracker, sample_due, sample_rows
 from grpolab.training.experience import shape_batch, step_rollout
 from grpolab.training.metrics import Timer, step_metrics, summary_line
-from grpolab.training.optimisation import optimisation_pass
+from grpolab.training.optimisation import apply_update, optimisation_pass
+from grpolab.training.plan import check_memory
 from grpolab.training.ppo import ppo_step
 from grpolab.training.setup import CountingStream, TrainingRun, restore, save_training_checkpoint, setup
 
@@ -59,6 +60,7 @@ def train(config: Config, log=print) -> Path:
 
 
 def run_training(config: Config, parallel: Parallel, log) -> Path:
+    check_memory(config, log, parallel.active)  # train.memory_limit_gb: the worst-case step, before anything
     run, checkpoint = setup(config, log, parallel)
     try:
         state = restore(run, checkpoint, log)
@@ -150,14 +152,12 @@ def grpo_step(run: TrainingRun, step: int, stream):
     for update in range(config.grpo.mu):
         with timer("policy"):
             optimizer.zero_grad(set_to_none=True)
+            if run.step_in_backward is not None:
+                run.step_in_backward.begin()  # each parameter's update runs as its gradient is ready
             stats, current = optimisation_pass(run.scorer, batch, shaped, config, run.bf16, run.device, parallel)
         with timer("optimizer"):
-            grad_norm = parallel.clip_grad_norm(run.scorer, config.train.max_grad_norm)
-            if math.isfinite(grad_norm) and math.isfinite(stats["loss"]):  # the same on every rank
-                optimizer.step()
-            else:  # a non-finite update is skipped, never applied
-                skipped += 1
-            optimizer.zero_grad(set_to_none=True)  # gradients are not held through the next rollout
+            grad_norm, applied = apply_update(run, stats["loss"])
+            skipped += not applied  # a non-finite update is skipped, never applied
         if update == 0:
             first_stats, first_logprobs = stats, current
     run.scheduler.step()

@@ -3,9 +3,6 @@ it trains, saves the value model in its checkpoints, resumes bitwise after a kil
 and refuses in one line what it does not combine with."""
 
 import json
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +10,7 @@ from safetensors.torch import load_file
 
 from grpolab.config import load_config
 from grpolab.errors import ConfigError
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import TINY, kill_at_checkpoint, run_cli
 
 PPO = [*TINY, "algorithm=ppo", "rollout.group_size=1", "rollout.prompts_per_step=8", "grpo.beta=0.04"]
 LONG = [*PPO, "train.max_steps=8", "train.save_every=2", "eval.n=4", "log.report=false"]
@@ -49,14 +46,7 @@ def test_ppo_resumes_bitwise_after_kill_9(tmp_path):
     straight = tmp_path / "straight"
     run_cli("train", *LONG, f"output_dir={straight}", check=True)
     killed = tmp_path / "killed"
-    args = [sys.executable, "-m", "grpolab", "train", *LONG, f"output_dir={killed}"]
-    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while not (killed / "checkpoints" / "step-4").exists():
-            assert process.poll() is None, "the run ended before the test could interrupt it"
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    kill_at_checkpoint(["train", *LONG, f"output_dir={killed}"], killed, 4)
     run_cli("train", "--resume", str(killed), check=True)
     assert comparable(killed) == comparable(straight)  # value losses and values included: the value model too
     a, b = (load_file(str(run / "final" / "model.safetensors")) for run in (straight, killed))
