@@ -66,15 +66,17 @@ def fold_adapter(model) -> None:
             layer.lora_B[name].weight.zero_()
 
 
-def linear_weights_to_bf16(model) -> None:
-    """Store the matmul weights of a frozen model in bf16: under bf16 autocast they are cast to bf16 for every
-    forward anyway, so this halves their memory and skips the cast without changing the result. Embeddings
-    and norms stay fp32 (so the residual stream stays fp32), and so does an output head tied to the
-    input embedding."""
+def matmul_weights(model) -> list[torch.nn.Parameter]:
+    """The parameters a frozen model stores in bf16 (`training/reference.frozen_copy`): every Linear's weight and
+    bias, except an output head tied to the input embedding. Under bf16 autocast they are cast to bf16 for every
+    forward anyway, so this halves their memory and skips the cast without changing the result. Embeddings and
+    norms stay fp32 (so the residual stream stays fp32), and so does a tied output head."""
     embedding = model.get_input_embeddings().weight
+    found = []
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module.weight is not embedding:
-            module.to(torch.bfloat16)
+            found += [p for p in (module.weight, module.bias) if p is not None]
+    return found
 
 
 def save_policy(policy, tokenizer, run_dir: Path, adapter_applies_to_base: bool, save_model, log=print):

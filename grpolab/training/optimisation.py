@@ -63,6 +63,7 @@ def apply_update(run, loss: float) -> tuple[float, bool]:
     `train.optimizer_in_backward` the updates already ran in the backward pass: this only reads their norm."""
     if run.step_in_backward is not None:
         norm = run.step_in_backward.end()
+        run.optimizer.step()  # updates nothing (no gradient is left); the schedule sees the step it follows
         return norm, math.isfinite(norm)
     norm = run.parallel.clip_grad_norm(run.scorer, run.config.train.max_grad_norm)
     applied = math.isfinite(norm) and math.isfinite(loss)  # the same on every rank

@@ -107,25 +107,37 @@ class AdamW(torch.optim.Optimizer):
                     self.step_parameter(p)
         return loss
 
+    def allocate_state(self) -> None:
+        """Every parameter's moments now, in one stretch of memory, rather than at the first update: during a
+        backward (the update in the backward) they would interleave with its temporaries and fragment the heap."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.initial_state(p)
+
+    def initial_state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if state:
+            return state
+        state["step"] = torch.zeros((), dtype=torch.float32)
+        if self.moments == "8bit" and p.numel() >= MIN_8BIT_SIZE:
+            n = blocks(p.numel())
+            state["exp_avg_codes"] = torch.zeros((n, BLOCK), dtype=torch.int8, device=p.device)
+            state["exp_avg_scale"] = torch.zeros((n, 1), dtype=torch.float32, device=p.device)
+            state["exp_avg_sq_codes"] = torch.zeros((n, BLOCK), dtype=torch.uint8, device=p.device)
+            state["exp_avg_sq_scale"] = torch.zeros((n, 1), dtype=torch.float32, device=p.device)
+        else:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
     @torch.no_grad()
     def step_parameter(self, p: torch.Tensor) -> None:
         """One AdamW update of `p` from `p.grad`."""
         group, grad = self.group_of[id(p)], p.grad
         if grad.is_sparse:
             grad = grad.to_dense()
-        state = self.state[p]
-        eight_bit = self.moments == "8bit" and p.numel() >= MIN_8BIT_SIZE
-        if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32)
-            if eight_bit:
-                n = blocks(p.numel())
-                state["exp_avg_codes"] = torch.zeros((n, BLOCK), dtype=torch.int8, device=p.device)
-                state["exp_avg_scale"] = torch.zeros((n, 1), dtype=torch.float32, device=p.device)
-                state["exp_avg_sq_codes"] = torch.zeros((n, BLOCK), dtype=torch.uint8, device=p.device)
-                state["exp_avg_sq_scale"] = torch.zeros((n, 1), dtype=torch.float32, device=p.device)
-            else:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state = self.initial_state(p)
+        eight_bit = "exp_avg_codes" in state
         state["step"] += 1
         t = state["step"].item()
         lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
@@ -160,7 +172,9 @@ def make_optimizer(groups: list[dict], train) -> torch.optim.Optimizer:
     if train.optimizer == "adamw" and not train.optimizer_in_backward:
         # one kernel over all parameters (CPU and CUDA), no per-tensor Python loop or temporaries
         return torch.optim.AdamW(groups, **common, fused=True)
-    return AdamW(groups, **common, moments="8bit" if train.optimizer == "adamw_8bit" else "fp32")
+    optimizer = AdamW(groups, **common, moments="8bit" if train.optimizer == "adamw_8bit" else "fp32")
+    optimizer.allocate_state()
+    return optimizer
 
 
 class StepInBackward:
@@ -177,7 +191,7 @@ class StepInBackward:
         if not self.active:
             return
         grad = p.grad.to_dense() if p.grad.is_sparse else p.grad
-        square = float(grad.float().pow(2).sum())
+        square = float(torch.linalg.vector_norm(grad, dtype=torch.float32)) ** 2  # no gradient-sized temporary
         self.squares += square
         if math.isfinite(square):
             self.optimizer.step_parameter(p)

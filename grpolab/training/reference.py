@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import copy
 
-from grpolab.model.lora import fold_adapter, is_lora, linear_weights_to_bf16
+import torch
+
+from grpolab.model.lora import fold_adapter, is_lora, matmul_weights
 
 
 class Reference:
@@ -19,9 +21,7 @@ class Reference:
         self.policy = policy
         self.lora = is_lora(policy)
         if frozen is None and not self.lora:
-            frozen = copy.deepcopy(policy).eval().requires_grad_(False)
-            if bf16_matmuls:
-                linear_weights_to_bf16(frozen)
+            frozen = frozen_copy(policy, bf16_matmuls)
         self.frozen = frozen
         self.resets = 0
 
@@ -41,3 +41,14 @@ class Reference:
         else:
             self.frozen.load_state_dict(self.policy.state_dict())
         self.resets += 1
+
+
+def frozen_copy(policy, bf16_matmuls: bool):
+    """A frozen deep copy of `policy`; with `bf16_matmuls` its matmul weights (`lora.matmul_weights`) are made
+    in bf16 as they are copied, so that no second fp32 copy of them exists even for a moment (6 GB for a 1.5B
+    model, which would otherwise stay in the process's heap)."""
+    memo = {}
+    if bf16_matmuls:
+        for weight in matmul_weights(policy):
+            memo[id(weight)] = torch.nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
+    return copy.deepcopy(policy, memo).eval().requires_grad_(False)
