@@ -24,7 +24,11 @@ gradient is accumulated, then frees the gradient. Only one parameter's gradient 
 all of them (fp32: 4 bytes a parameter). It needs exactly one backward pass per optimizer step, so it cannot be
 combined with gradient accumulation over micro-batches, and no global gradient clipping (the norm is known only
 after every parameter has been updated): `Config.validate` refuses both, in one line each. The gradient norm is
-still logged (summed as the hooks run).
+still logged (summed as the hooks run). With `train.share_prompts` (the default) every weight serves two passes,
+the prompts' and the completions', and the prompt pass's backward comes last: a gradient is complete, and its
+hook runs, only then, so nearly all gradients are alive at once anyway. Measured on SmolLM2-135M (plan, 2 x 4
+completions x 64 tokens, 8-bit moments, checkpointing): peak 2.61 GB shared, 2.10 GB with
+`train.share_prompts=false`, 2.43 GB unshared without the update in the backward.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,7 @@ class PhasePeaks:
         self.starts: dict[str, float] = {}
         self.active: list[str] = []
         self.overall = 0.0
+        self.steps: list[dict[str, float]] = []  # the peaks of the steps before the current one
 
     def fold(self) -> None:
         peak = rss_gb("VmHWM")
@@ -72,6 +74,8 @@ class PhasePeaks:
     def __call__(self, phase: str):
         self.fold()
         if phase == "generate" and not self.active:  # a new step: its phases replace the last one's
+            if self.peaks:
+                self.steps.append(self.peaks)
             self.peaks, self.starts = {}, {}
         self.starts.setdefault(phase, rss_gb())
         self.active.append(phase)
@@ -211,6 +215,7 @@ def measure(config: Config) -> dict:
             name: {"seconds": round(phases.get(name, 0.0), 2), "peak_gb": round(peaks.peaks[name], 3)}
             for name in peaks.peaks
         },  # fmt: skip
+        "earlier_steps_peak_gb": [{name: round(gb, 3) for name, gb in step.items()} for step in peaks.steps],
         "state_gb": {part: round(gb, 6) for part, gb in state.items()},
         "policy_rise_gb": round(max(0.0, policy_rise), 3),
     }
@@ -221,10 +226,16 @@ def levers(config: Config, plan: dict) -> list[tuple[str, float]]:
     train, state, found = config.train, plan["state_gb"], []
     if train.optimizer == "adamw" and state["optimizer"]:
         found.append(("train.optimizer=adamw_8bit", state["optimizer"] * (1 - EIGHT_BIT_BYTES / 8)))
-    if not train.optimizer_in_backward and config.algorithm != "ppo":
+    if config.algorithm != "ppo" and not (train.optimizer_in_backward and not train.share_prompts):
         completions = plan["completions_per_step"]
-        settings = f"train.optimizer_in_backward=true train.max_grad_norm=0 train.micro_batch_size={completions}"
+        # with shared prompts every weight serves the prompt pass and the completion pass, and its gradient is
+        # complete only after the prompt pass's backward, the last: no gradient could be freed before the end
+        settings = (f"train.optimizer_in_backward=true train.max_grad_norm=0 train.micro_batch_size={completions} "
+                    "train.share_prompts=false")  # fmt: skip
         found.append((settings, state["gradients"] * 0.9))  # all but about the largest parameter's
+    if os.environ.get("GRPOLAB_MALLOC", "heap") != "default" and plan["peak_gb"] > 4:
+        # freed blocks stay with the process (grpolab/model/memory.py): with GB-sized temporaries they add up
+        found.append(("GRPOLAB_MALLOC=default (environment)", 0.1 * plan["peak_gb"]))
     if not train.activation_checkpointing:
         found.append(("train.activation_checkpointing=true", plan["policy_rise_gb"] * 0.8))
     if state["engine_copy"] and not config.rollout.share_weights:
