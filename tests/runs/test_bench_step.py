@@ -59,7 +59,8 @@ def test_bad_override_and_missing_trl_are_one_line_errors(tmp_path):
 def test_both_sides_on_tiny_random(capsys):
     assert step.run(TINY, options(vs="trl")) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert record["speedup"] == pytest.approx(record["trl_step_seconds"] / record["grpolab_step_seconds"], rel=0.01)
+    ratio = record["trl_step_seconds"] / record["grpolab_step_seconds"]
+    assert record["speedup"] == pytest.approx(ratio, abs=0.005)  # printed with 2 decimals
     assert record["trl_peak_rss_gb"] > 0 and len(record["trl_rewards"]) == 1
 
 
