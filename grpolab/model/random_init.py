@@ -51,12 +51,14 @@ def build_random_model(config_file: str, tokenizer_path: str, target: str) -> No
     tokenizer.save_pretrained(target)
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print("usage: python -m grpolab.model.random_init CONFIG TOKENIZER TARGET", file=sys.stderr)
+def child_main(argv: list[str], usage: str, build) -> int:
+    """A model-building child's entry point (this module's, `grpolab.model.prune`'s): `build(*argv)` with the
+    usage's number of arguments; a ModelError is one stderr line (the parent reports it) and exit status 2."""
+    if len(argv) != len(usage.split()) - 3:  # "python -m MODULE ARG ..."
+        print(f"usage: {usage}", file=sys.stderr)
         return 2
     try:
-        build_random_model(*argv)
+        build(*argv)
     except ModelError as error:
         print(error, file=sys.stderr)
         return 2
@@ -64,4 +66,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    usage = "python -m grpolab.model.random_init CONFIG TOKENIZER TARGET"
+    sys.exit(child_main(sys.argv[1:], usage, build_random_model))

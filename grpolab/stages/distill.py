@@ -7,17 +7,23 @@
 - method=token: on the same samples, the student minimises KL(teacher || student) over the teacher's top-k
   tokens at every assistant position (`algorithms/distillation.py`); the teacher's logits are computed on
   the fly, one forward pass per micro-batch without gradients. This needs a shared vocabulary.
+- method=on_policy (GKD / on-policy distillation): the student samples the task's prompts and is trained by
+  `grpolab train algorithm=on_policy_distill`, the teacher in the reference's place and the per-token
+  advantage -(log p_student - log p_teacher) (`training/experience.py`); no reward enters the loss. The
+  `on_policy.*` keys are that run's `grpolab train` keys (e.g. on_policy.train.max_steps=30); the run folder
+  is a training run's. It needs a shared vocabulary and an existing student.
 
-The student is an existing model (`student.model`) or, when that is empty, a fresh Llama built from the
-`student.*` sizes with the teacher's tokenizer: with SmolLM2's 49k vocabulary, hidden size 64 and two
-layers make about 3.3M parameters, most of them the (tied) embedding.
+The student is an existing model (`student.model`, by default SmolLM2-135M with half its layers kept by
+measured importance, `prune:smollm2-135m:half`, grpolab/model/prune.py) or, when that is empty, a fresh Llama
+built from the `student.*` sizes with the teacher's tokenizer: with SmolLM2's 49k vocabulary, hidden size 64
+and two layers make about 3.3M parameters, most of them the (tied) embedding.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -34,7 +40,8 @@ from grpolab.stages.sft_data import read_records
 
 @dataclass
 class StudentConfig:
-    model: str = ""  # an existing student; empty builds a fresh Llama with the sizes below
+    # an existing student (a model name, folder or prune:<model>:<spec>); empty builds a fresh Llama of the sizes below
+    model: str = "prune:smollm2-135m:half"
     hidden_size: int = 64
     intermediate_size: int = 256
     num_layers: int = 2
@@ -48,7 +55,7 @@ class DistillConfig(GenerationRunConfig):
     teacher: str = "smollm2-135m"
     task: str = "arithmetic"  # whose prompts and rewards are used when the teacher is sampled here
     data: str = ""  # SFT-ready JSONL of teacher samples; empty samples the teacher first
-    method: Literal["sequence", "token"] = "sequence"
+    method: Literal["sequence", "token", "on_policy"] = "sequence"
     top_k: int = 20  # teacher tokens per position for method=token
     temperature: float = 1.0  # distillation temperature for method=token
     name: str = "distill-{task}-{time}"
@@ -58,6 +65,7 @@ class DistillConfig(GenerationRunConfig):
     # a fresh student needs a far larger learning rate than fine-tuning does
     train: SFTTrainConfig = field(default_factory=lambda: SFTTrainConfig(learning_rate=1e-3, epochs=3))
     log: LogConfig = field(default_factory=LogConfig)
+    on_policy: dict[str, Any] = field(default_factory=dict)  # method=on_policy: `grpolab train` keys of its run
 
     def validate(self) -> None:
         ranges = {
@@ -80,6 +88,42 @@ class DistillConfig(GenerationRunConfig):
             )
         if not self.teacher:
             raise ConfigError("teacher: must name a model (smollm2-135m, tiny-random, a folder or a hub id)")
+
+
+# method=on_policy's run, sized for a 2-core CPU like the default GRPO run; `on_policy.*` overrides these
+ON_POLICY_DEFAULTS = {
+    "rollout.prompts_per_step": 8,
+    "rollout.group_size": 4,
+    "rollout.max_new_tokens": 32,
+    "train.learning_rate": 2e-5,
+    "train.max_steps": 30,
+}
+ON_POLICY_SET_HERE = {  # on_policy.<key> -> the distill key that sets it
+    "model": "student.model", "teacher": "teacher", "task": "task", "seed": "seed", "algorithm": "method",
+    "output_dir": "output_dir", "overwrite": "overwrite", "name": "name",
+}  # fmt: skip
+
+
+def on_policy_config(config: DistillConfig):
+    """The `grpolab train algorithm=on_policy_distill` config of method=on_policy, in the distill run folder."""
+    from grpolab.config import Config, flatten, load_config, settings_overrides, to_dict
+
+    if not config.student.model:
+        raise ConfigError("student.model: method=on_policy needs an existing student (e.g. prune:smollm2-135m:half)")
+    if config.data:
+        raise ConfigError("data: method=on_policy samples the student itself; leave data empty")
+    for key in config.on_policy:
+        if key.split(".")[0] in ON_POLICY_SET_HERE:
+            raise ConfigError(f"on_policy.{key}: is set by distill's own key {ON_POLICY_SET_HERE[key.split('.')[0]]}")
+    values = {
+        **ON_POLICY_DEFAULTS, "grpo.beta": 0.0, "rollout.engine": config.engine, "rollout.dtype": config.dtype,
+        **{f"log.{key}": value for key, value in to_dict(config.log).items()},
+        **flatten(config.on_policy),
+        "model": config.student.model, "teacher": config.teacher, "task": config.task, "seed": config.seed,
+        "algorithm": "on_policy_distill", "output_dir": str(config.run_dir()), "overwrite": config.overwrite,
+        "name": config.name,
+    }  # fmt: skip
+    return load_config(None, settings_overrides(values), root=Config)
 
 
 def refuse_old_keys(keys) -> None:
@@ -148,6 +192,12 @@ def token_level_loss(teacher, top_k: int, temperature: float):
 
 def distill(config: DistillConfig, log=print) -> Path:
     """Distil as configured; returns the run folder (with final/, the student)."""
+    if config.method == "on_policy":
+        from grpolab.training.trainer import train
+
+        return train(on_policy_config(config), log)
+    if config.on_policy:
+        raise ConfigError("on_policy: its keys are for method=on_policy only")
     if config.data:
         read_records(config.data)  # bad data fails before the folder is touched
     run_dir = prepare_run_dir(config.run_dir(), config.overwrite)

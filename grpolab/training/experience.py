@@ -19,6 +19,7 @@ from grpolab.algorithms.advantages import (
     rft_coefficients,
     token_index_of_char,
 )
+from grpolab.algorithms.distillation import reverse_kl_advantages
 from grpolab.algorithms.losses import KL_ESTIMATORS
 from grpolab.algorithms.shaping import kl_penalised_rewards, overlong_loss_mask
 from grpolab.config import Config
@@ -112,7 +113,8 @@ def shape_batch(
     grpo, size, temperature = config.grpo, config.train.scoring_batch_size, config.rollout.temperature
     share = (config.train.share_prompts, config.train.micro_batch_tokens)
     old_logprobs = ref_logprobs = None
-    if grpo.mu > 1 or grpo.kl_in_reward:  # fixed for the mu passes; with mu = 1 the pass uses its own
+    distilling = config.algorithm == "on_policy_distill"
+    if grpo.mu > 1 or grpo.kl_in_reward or distilling:  # fixed for the mu passes; with mu = 1 the pass uses its own
         with timer("old_logprobs"):
             old_logprobs = batch_logprobs(policy, batch, size, temperature, bf16, device, *share)
     if reference is not None:
@@ -123,7 +125,10 @@ def shape_batch(
         kl = KL_ESTIMATORS[grpo.kl_estimator](old_logprobs, ref_logprobs)  # [B, T]
         rewards, sequence_kl = kl_penalised_rewards(rewards, kl, batch.completion_mask, grpo.beta)
         stats["kl_in_reward"] = sequence_kl.mean().item()
-    if config.algorithm == "online_rft":  # DeepSeekMath section 5: coefficient 1 on correct samples
+    if distilling:  # the teacher in the reference's place; the reward plays no part
+        advantages = reverse_kl_advantages(old_logprobs, ref_logprobs, batch.completion_mask)  # [B, T]
+        stats["distill/reverse_kl"] = -(advantages.sum() / batch.completion_mask.sum().clamp(min=1)).item()
+    elif config.algorithm == "online_rft":  # DeepSeekMath section 5: coefficient 1 on correct samples
         advantages = rft_coefficients(batch.correct).unsqueeze(1)  # [B, 1]
     elif grpo.advantage == "process":
         advantages = process_advantages_for_batch(batch, task, tokenizer)  # [B, T]

@@ -77,6 +77,7 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
     on_device = parallel.device if parallel.active else default_device()
     if config.train.activation_offload and on_device.type == "cpu":
         raise ConfigError("train.activation_offload: offloads to host memory from a GPU; this run is on the CPU")
+    teacher_path = check_teacher(config, log)  # on_policy_distill: a teacher with another tokenizer is refused here
     locks: list[RunLock] = []  # the lock stays with rank 0; only the folder and checkpoint are broadcast
     run_dir, checkpoint = parallel.on_main(lambda: open_locked(config, locks))  # rank 0 writes the run folder
     lock = locks[0] if locks else None
@@ -91,6 +92,11 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
     if not parallel.active:
         sparse_embedding_gradients(policy)  # a tied embedding's gradient: its used rows only (grpolab/model/loading.py)
     scorer, rollout_model, reference = build_models(policy, parallel, config.grpo.beta > 0, bf16)
+    if teacher_path is not None:  # the teacher in the reference's place: it scores the policy's tokens
+        teacher = parallel.local_main_first(lambda: load_model(teacher_path))
+        if config.train.attention == "auto":
+            use_cpu_attention(teacher)
+        reference = Reference(policy, frozen=teacher.to(on_device).eval().requires_grad_(False))
     value_model = build_value_model(config, policy, on_device, parallel, log) if config.algorithm == "ppo" else None
     groups = [{"params": [p for p in scorer.parameters() if p.requires_grad]}]
     if value_model is not None:  # PPO: the value model's parameters, a group with its own learning rate
@@ -122,6 +128,20 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
         lock=lock,
     )
     return run, checkpoint
+
+
+def check_teacher(config: Config, log) -> str | None:
+    """algorithm=on_policy_distill: the teacher's folder, refused in one line unless it speaks the policy's
+    tokenizer (the advantage compares the two models' log-probs of the same token ids)."""
+    if config.algorithm != "on_policy_distill":
+        return None
+    teacher_path = resolve_model_path(config.teacher, log=log)
+    if load_tokenizer(teacher_path).get_vocab() != load_tokenizer(resolve_model_path(config.model)).get_vocab():
+        raise ConfigError(
+            "teacher: has another tokenizer than the model; on-policy (and token-level) distillation compare "
+            "log-probs of the same tokens, so use grpolab distill method=sequence"
+        )
+    return teacher_path
 
 
 def build_models(policy, parallel: Parallel, with_reference: bool, bf16: bool):

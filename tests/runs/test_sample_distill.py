@@ -77,7 +77,8 @@ def test_distill_command_trains_a_student(tmp_path, method):
     )
     out = tmp_path / method
     argv = ["distill", "teacher=tiny-random", f"data={data}", f"method={method}", f"output_dir={out}"]
-    assert main([*argv, "train.max_steps=8", "train.batch_size=1", "student.hidden_size=32", "top_k=5", "--quiet"]) == 0
+    argv += ["train.max_steps=8", "train.batch_size=1", "student.model=", "student.hidden_size=32", "top_k=5"]
+    assert main([*argv, "--quiet"]) == 0
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 8 and losses[-1] < losses[0]
     assert (out / "final" / "model.safetensors").exists()
@@ -87,7 +88,7 @@ def test_distill_samples_the_teacher_when_no_data_is_given(tmp_path):
     out = tmp_path / "d"
     argv = ["distill", "teacher=tiny-random", f"output_dir={out}", "rejection.prompts=2", "rejection.k=2"]
     argv += ["rejection.max_new_tokens=4", "rejection.threshold=0", "rejection.keep_truncated=true"]
-    argv += ["train.max_steps=1"]
+    argv += ["train.max_steps=1", "student.model="]
     assert main([*argv, "--quiet"]) == 0
     assert (out / "teacher_samples" / "data.jsonl").read_text().count("\n") == 4
     assert (out / "final" / "config.json").exists()

@@ -35,3 +35,15 @@ def test_zero_when_the_student_matches_and_temperature_scales_logits():
     assert torch.allclose(
         topk_kl(teacher, student, 3, temperature=2.0), topk_kl(teacher / 2, student / 2, 3), atol=1e-6
     )
+
+
+def test_on_policy_advantage_is_minus_the_per_token_log_ratio():
+    from grpolab.algorithms.distillation import reverse_kl_advantages
+
+    student = torch.tensor([[math.log(0.5), math.log(0.2), 0.0]])
+    teacher = torch.tensor([[math.log(0.25), math.log(0.4), -3.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    advantages = reverse_kl_advantages(student, teacher, mask)
+    assert torch.allclose(advantages, torch.tensor([[-math.log(2.0), math.log(2.0), 0.0]]), atol=1e-6)
+    # its mean over the sampled tokens is minus the k1 estimate of KL(student || teacher) per token
+    assert (-(advantages.sum() / mask.sum())).item() == pytest.approx(0.0, abs=1e-6)
