@@ -8,25 +8,13 @@ importance), optionally `+mlp=M`. The same model can be named anywhere a model i
 
 from __future__ import annotations
 
-import json
-import shutil
-from dataclasses import dataclass
-from pathlib import Path
-
 from grpolab.commands.common import add_stage_parser
-from grpolab.config import load_config
-from grpolab.errors import UserError
-
-
-@dataclass
-class PruneConfig:
-    output_dir: str = ""  # the folder to write (empty: runs/pruned-<model name>-<spec>)
-    overwrite: bool = False  # replace an existing model folder there
-    task: str = "arithmetic"  # whose training prompts measure the importances
-    calibration_prompts: int = 32
+from grpolab.errors import ConfigError
 
 
 def register(subparsers) -> None:
+    from grpolab.stages.prune import PruneConfig
+
     add_stage_parser(
         subparsers,
         "prune",
@@ -41,39 +29,13 @@ def register(subparsers) -> None:
     ).set_defaults(func=run)
 
 
-def output_folder(config: PruneConfig, model: str, spec: str) -> Path:
-    """Where the pruned model goes, refused in one line when something is there and may not be replaced."""
-    name = f"pruned-{Path(model.rstrip('/')).name}-{spec}".replace("=", "").replace(",", "_").replace("+", "-")
-    target = Path(config.output_dir or Path("runs") / name).expanduser()
-    if target.exists():
-        if not config.overwrite:
-            raise UserError(f"output_dir: {str(target)!r} exists; pass overwrite=true to replace it")
-        if not (target / "config.json").is_file():
-            raise UserError(f"output_dir: {str(target)!r} is not a model folder; not replacing it")
-    return target
-
-
 def run(args) -> int:
-    from grpolab.model.loading import build_in_child, resolve_model_path
-    from grpolab.model.prune import parse_spec
-    from grpolab.tasks import get_task
+    from grpolab.config import load_config, settings_overrides
+    from grpolab.stages.prune import PruneConfig, prune
 
-    config = load_config(None, args.args, root=PruneConfig)
-    if config.calibration_prompts < 1:
-        raise UserError("calibration_prompts: expected an integer >= 1")
-    parse_spec(args.spec)
-    get_task(config.task)  # an unknown task is refused before the model is loaded
-    target = output_folder(config, args.model, args.spec)
-    source = resolve_model_path(args.model)
-    staging = target.parent / f".{target.name}.new"
-    shutil.rmtree(staging, ignore_errors=True)
-    build_in_child("grpolab.model.prune", [source, args.spec, "<staging>", config.task,
-                   str(config.calibration_prompts)], staging, f"pruning {args.model}")  # fmt: skip
-    if target.exists():  # only a model folder, with overwrite=true (output_folder)
-        shutil.rmtree(target)
-    staging.rename(target)
-
-    summary = json.loads((target / "prune_origin.json").read_text())
-    print(f"pruned {args.model}: kept layers {summary['kept_layers']} of {summary['of_layers']}, "
-          f"{summary['parameters']:,} parameters; saved to {target}")  # fmt: skip
+    for text in args.args:
+        if text.split("=")[0].strip() in ("model", "spec"):
+            raise ConfigError(f"{text.split('=')[0].strip()}: give it as the MODEL / SPEC argument, not as a key")
+    given = settings_overrides({"model": args.model, "spec": args.spec})
+    prune(load_config(None, [*args.args, *given], root=PruneConfig))
     return 0

@@ -195,13 +195,15 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 METRICS = ["accuracy", "pass@1", "maj@k", "pass@k"]  # accuracy: greedy
 
 
-def format_table(rows: list[dict], label: str = "model") -> str:
-    """A plain-text table: one row per evaluated model, one column per metric present in any row."""
+def format_table(rows: list[dict], label: str = "model", extra: tuple[str, ...] = ()) -> str:
+    """A plain-text table: one row per evaluated model, one column per metric present in any row, then the
+    `extra` columns as they are (`-` where a row has none)."""
     columns = [m for m in METRICS if any(m in row for row in rows)]
-    header = [label, "n", "k", *[c.replace("@k", f"@{rows[0].get('k', 'k')}") for c in columns]]
+    header = [label, "n", "k", *[c.replace("@k", f"@{rows[0].get('k', 'k')}") for c in columns], *extra]
     body = [
         [str(row.get(label, row.get("model", ""))), str(row["n"]), str(row.get("k", 1))]
         + [f"{row[c]:.3f}" if c in row else "-" for c in columns]
+        + [str(row[c]) if row.get(c) is not None else "-" for c in extra]
         for row in rows
     ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]

@@ -28,15 +28,15 @@ from grpolab.errors import ConfigError
 from grpolab.runs.folder import prepare_run_dir, write_json_atomic, write_text_atomic
 from grpolab.stages.evaluate import EvalRunConfig, evaluate, format_table
 
-KINDS = ("grpo", "sft", "sample", "distill", "eval")
-MAKES_MODEL = ("grpo", "sft", "distill")
+KINDS = ("grpo", "sft", "sample", "prune", "distill", "eval")
+MAKES_MODEL = ("grpo", "sft", "prune", "distill")
 RESERVED = ("output_dir", "overwrite", "name")  # the pipeline decides where each stage writes
 
 
 @dataclass
 class StageConfig:
     name: str = ""
-    kind: Literal["grpo", "sft", "sample", "distill", "eval"] = "grpo"
+    kind: Literal["grpo", "sft", "sample", "prune", "distill", "eval"] = "grpo"
     model: str = ""  # base | an earlier stage | a model name or folder; empty: the latest model
     data: str = ""  # an earlier sample stage | a JSONL path; empty: the latest sample stage's data
     settings: dict[str, Any] = field(default_factory=dict)  # the stage command's own config keys
@@ -54,40 +54,84 @@ class CompareConfig:
 
 
 def default_stages() -> list[StageConfig]:
-    """SmolLM2-135M -> GRPO on arithmetic -> rejection sampling -> distillation into a small student, sized
-    for a 2-core CPU. GRPO is short (30 steps of 8 x 8, the trainer's learning rate), samples at most 32
-    tokens (the comparison's budget: a verbose answer cut before its number scores 0) and has no reference
+    """R1's small-model comparison, sized for a 2-core CPU: SmolLM2-135M -> GRPO on arithmetic (the RL teacher)
+    -> rejection sampling of the teacher; a student pruned from the base model (half its layers, ~80M
+    parameters), then distilled three ways (sequence: SFT on the samples, as R1; token: top-k KL on them;
+    on_policy: the student samples, the teacher scores) and, as R1's baseline, GRPO on the pruned student
+    directly, for as long as on-policy distillation trains. GRPO is short (30 steps of 8 x 8), samples at most
+    32 tokens (the comparison's budget: a verbose answer cut before its number scores 0) and has no reference
     model (beta = 0 saves a third of the compute)."""
+    grpo = {
+        "train.learning_rate": 2e-5,
+        "rollout.prompts_per_step": 8,
+        "rollout.group_size": 8,
+        "rollout.max_new_tokens": 32,
+        "grpo.beta": 0.0,
+        "eval.before": False,
+        "eval.after": False,
+    }
+    student_minutes = {"train.max_minutes": STUDENT_MINUTES, "train.max_steps": 1000}
+    on_policy = {f"on_policy.{key}": value for key, value in {**grpo, **student_minutes}.items() if key != "grpo.beta"}
+    on_policy.update({"on_policy.rollout.group_size": 4, "on_policy.train.learning_rate": STUDENT_LEARNING_RATE})
+    offline = {"student.model": "pruned", "train.epochs": 3, "train.batch_size": 8, "train.max_length": 256,
+               "train.learning_rate": STUDENT_LEARNING_RATE}  # fmt: skip
     return [
-        StageConfig(
-            name="grpo",
-            kind="grpo",
-            model="base",
-            settings={
-                "train.max_steps": 30,
-                "train.learning_rate": 2e-5,
-                "rollout.prompts_per_step": 8,
-                "rollout.group_size": 8,
-                "rollout.max_new_tokens": 32,
-                "grpo.beta": 0.0,
-                "eval.before": False,
-                "eval.after": False,
-            },
-        ),
+        StageConfig(name="grpo", kind="grpo", model="base", settings={**grpo, "train.max_steps": 30}),
         StageConfig(
             name="samples",
             kind="sample",
             model="grpo",
-            settings={"rejection.prompts": 32, "rejection.k": 4, "rejection.max_new_tokens": 32},
+            settings={"rejection.prompts": 128, "rejection.k": 4, "rejection.max_new_tokens": 32},
         ),
+        StageConfig(name="pruned", kind="prune", model="base", settings={"spec": "half"}),
         StageConfig(
-            name="student",
+            name="sequence", kind="distill", model="grpo", data="samples", settings={"method": "sequence", **offline}
+        ),  # fmt: skip
+        StageConfig(
+            name="token", kind="distill", model="grpo", data="samples", settings={"method": "token", **offline}
+        ),  # fmt: skip
+        StageConfig(
+            name="on_policy",
             kind="distill",
             model="grpo",
-            data="samples",
-            settings={"method": "sequence", "train.epochs": 30, "train.batch_size": 4, "train.max_length": 256},
-        ),
+            settings={"method": "on_policy", "student.model": "pruned", **on_policy},
+        ),  # fmt: skip
+        StageConfig(
+            name="student_rl",
+            kind="grpo",
+            model="pruned",
+            settings={**grpo, **student_minutes, "train.learning_rate": STUDENT_LEARNING_RATE},
+        ),  # fmt: skip
     ]
+
+
+STUDENT_MINUTES = 3.0  # on-policy distillation's and the student's own GRPO's training budget
+STUDENT_LEARNING_RATE = 5e-5  # a pruned model heals at a larger rate than fine-tuning a whole one takes
+
+
+def quick_settings() -> list[str]:
+    """`grpolab pipeline --quick`: the default stages on tiny-random in seconds, for CI (what runs, not what
+    learns): `key=value` overrides of the pipeline, its stages as one JSON list."""
+    small = {"train.max_steps": 2, "train.max_minutes": 0, "rollout.prompts_per_step": 2, "rollout.group_size": 2}
+    changes = {
+        "samples": {
+            "rejection.prompts": 4,
+            "rejection.k": 2,
+            "rejection.max_new_tokens": 8,
+            "rejection.threshold": 0,
+            "rejection.keep_truncated": True,
+        },  # fmt: skip
+        "pruned": {"spec": "keep=0"},
+        "sequence": {"train.max_steps": 2},
+        "token": {"train.max_steps": 2},
+        "on_policy": {f"on_policy.{key}": value for key, value in small.items()},
+    }
+    stages = []
+    for stage in default_stages():
+        stage.settings.update(small if stage.kind == "grpo" else changes[stage.name])
+        stages.append(to_dict(stage))
+    compare = {"compare.n": 4, "compare.k": 2, "compare.max_new_tokens": 8}
+    return settings_overrides({"model": "tiny-random", **compare, "stages": stages})
 
 
 @dataclass
@@ -156,6 +200,7 @@ class Plan:
 def stage_config(plan: Plan, index: int, stage: StageConfig):
     """The stage command's validated config: the pipeline's inputs and folder, then the stage's settings."""
     from grpolab.stages.distill import DistillConfig, refuse_old_keys
+    from grpolab.stages.prune import PruneConfig
     from grpolab.stages.sample import SampleConfig
     from grpolab.stages.sft import SFTConfig
 
@@ -164,6 +209,7 @@ def stage_config(plan: Plan, index: int, stage: StageConfig):
     model = plan.model(stage.model, f"{where}.model")
     common = {"output_dir": str(plan.stage_dir(stage.name)), "overwrite": True, "seed": pipeline.seed}
     engine = {"engine": pipeline.engine, "dtype": pipeline.dtype}
+    settings = dict(stage.settings)
     if stage.kind == "grpo":
         generation = {"rollout.engine": pipeline.engine, "rollout.dtype": pipeline.dtype}
         root, values = Config, {"model": model, "task": pipeline.task, **generation}
@@ -171,26 +217,34 @@ def stage_config(plan: Plan, index: int, stage: StageConfig):
         root, values = SFTConfig, {"model": model, "data": plan.data(stage.data, f"{where}.data")}
     elif stage.kind == "sample":
         root, values = SampleConfig, {"model": model, "task": pipeline.task, **engine}
+    elif stage.kind == "prune":  # the stage's model is its folder's final/, as every stage's that makes one
+        common["output_dir"] = str(plan.stage_dir(stage.name) / "final")
+        root, values = PruneConfig, {"model": model, "task": pipeline.task}
     elif stage.kind == "distill":
-        data = plan.data(stage.data, f"{where}.data")
+        on_policy = stage.settings.get("method") == "on_policy"  # the student samples: no teacher data
+        data = "" if on_policy else plan.data(stage.data, f"{where}.data")
         root, values = DistillConfig, {"teacher": model, "task": pipeline.task, "data": data, **engine}
+        if settings.get("student.model") in plan.kinds:  # a student made by an earlier stage (e.g. prune)
+            settings["student.model"] = plan.model(settings["student.model"], f"{where}.settings.student.model")
     else:
         root, values = EvalRunConfig, {"model": model, "task": pipeline.task, **engine}
     try:
         if stage.kind == "distill":
             refuse_old_keys(stage.settings)
-        return load_config(None, settings_overrides({**common, **values, **stage.settings}), root=root)
+        return load_config(None, settings_overrides({**common, **values, **settings}), root=root)
     except ConfigError as error:
         raise ConfigError(f"{where} ({stage.name}): {error}") from None
 
 
 def run_stage(kind: str, config) -> None:
     from grpolab.stages.distill import distill
+    from grpolab.stages.prune import prune
     from grpolab.stages.sample import rejection_sample
     from grpolab.stages.sft import sft
     from grpolab.training.trainer import train
 
-    {"grpo": train, "sft": sft, "sample": rejection_sample, "distill": distill, "eval": evaluate}[kind](config)
+    work = {"grpo": train, "sft": sft, "sample": rejection_sample, "prune": prune, "distill": distill, "eval": evaluate}
+    work[kind](config)
 
 
 def run_once(marker: Path, label: str, work, log) -> dict:
@@ -240,8 +294,12 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict:
         work = lambda stage=stage, stage_cfg=stage_cfg: run_stage(stage.kind, stage_cfg) or {"kind": stage.kind}
         timings[stage.name] = run_once(marker, f"stage {stage.name} ({stage.kind})", work, log)["seconds"]
     rows = compare(config, plan, log)
+    for row in rows:  # what each model cost: its stage's seconds, the teacher samples it learned from
+        stage = next((stage for stage in config.stages if stage.name == row["label"]), None)
+        row["train_seconds"] = timings.get(row["label"])
+        row["teacher_samples"] = teacher_samples(configs[config.stages.index(stage)]) if stage else None
     summary = {"rows": rows, "stage_seconds": timings}
-    table = format_table(rows, label="label")
+    table = format_table(rows, label="label", extra=("teacher_samples", "train_seconds"))
     write_text_atomic(run_dir / "comparison.md", table + "\n")
     summary["wall_seconds_this_invocation"] = round(time.perf_counter() - start, 1)
     write_json_atomic(run_dir / "comparison.json", summary)
@@ -249,6 +307,20 @@ def run_pipeline(config: PipelineConfig, log=print) -> dict:
     log(table)
     log(f"pipeline folder: {run_dir}")
     return summary
+
+
+def teacher_samples(stage_config) -> int | None:
+    """The teacher samples a distillation stage learned from: the rejection-sampled rows it trained on (sequence,
+    token), or the student's completions the teacher scored (on_policy); None for the other stages."""
+    from grpolab.stages.distill import DistillConfig, on_policy_config
+
+    if not isinstance(stage_config, DistillConfig):
+        return None
+    if stage_config.method != "on_policy":
+        return sum(1 for line in Path(stage_config.data).read_text().splitlines() if line.strip())
+    run = on_policy_config(stage_config)
+    steps = sum(1 for _ in (run.run_dir() / "metrics.jsonl").open())
+    return steps * run.rollout.prompts_per_step * run.rollout.group_size
 
 
 def compare(config: PipelineConfig, plan: Plan, log) -> list[dict]:

@@ -120,16 +120,38 @@ def test_bad_pipelines_fail_before_any_work(tmp_path, capsys, stages, message):
     assert not (tmp_path / "run" / "stages").exists()
 
 
-def test_default_pipeline_is_grpo_then_sampling_then_distillation():
+def test_default_pipeline_is_r1s_small_model_comparison():
     config = load_config(None, [], root=PipelineConfig)
     assert config.model == "smollm2-135m" and config.task == "arithmetic"
-    assert [(s.name, s.kind) for s in config.stages] == [
-        ("grpo", "grpo"),
-        ("samples", "sample"),
-        ("student", "distill"),
+    assert [(s.name, s.kind, s.model) for s in config.stages] == [
+        ("grpo", "grpo", "base"),
+        ("samples", "sample", "grpo"),
+        ("pruned", "prune", "base"),
+        ("sequence", "distill", "grpo"),
+        ("token", "distill", "grpo"),
+        ("on_policy", "distill", "grpo"),
+        ("student_rl", "grpo", "pruned"),
     ]
+    assert all(s.settings["student.model"] == "pruned" for s in config.stages if s.kind == "distill")
     with pytest.raises(ConfigError, match="compare.models: 'x' is neither base nor a stage name"):
         load_config(None, ["compare.models=[x]"], root=PipelineConfig)
+
+
+def test_quick_pipeline_makes_the_whole_table_on_tiny_random(tmp_path):
+    run = tmp_path / "quick"
+    assert main(["pipeline", "--quick", f"output_dir={run}"]) == 0
+    rows = {row["label"]: row for row in json.loads((run / "comparison.json").read_text())["rows"]}
+    assert list(rows) == ["base", "grpo", "pruned", "sequence", "token", "on_policy", "student_rl"]
+    kept = json.loads((run / "stages" / "pruned" / "final" / "prune_origin.json").read_text())["kept_layers"]
+    assert kept == [0]
+    for name in ("sequence", "token", "on_policy"):  # each student starts from the pruned model
+        assert yaml.safe_load((run / "stages" / name / "config.yaml").read_text())["teacher"].endswith("grpo/final")
+        assert json.loads((run / "stages" / name / "final" / "config.json").read_text())["num_hidden_layers"] == 1
+    samples = (run / "stages" / "samples" / "data.jsonl").read_text().count("\n")
+    assert rows["sequence"]["teacher_samples"] == rows["token"]["teacher_samples"] == samples
+    assert rows["on_policy"]["teacher_samples"] == 2 * 2 * 2  # 2 steps of 2 prompts x 2 completions, scored
+    assert rows["base"]["train_seconds"] is None and rows["student_rl"]["train_seconds"] > 0
+    assert "teacher_samples" in (run / "comparison.md").read_text()
 
 
 @pytest.mark.slow
