@@ -290,7 +290,7 @@ def ensure_pruned(spec: str, log=print) -> Path:
     use; the digest covers the source folder, its weights' sizes and times, the spec and transformers' major."""
     import transformers
 
-    from grpolab.model.prune import CALIBRATION_PROMPTS, CALIBRATION_TASK, parse_spec
+    from grpolab.model.prune import CALIBRATION_PROMPTS, parse_spec
 
     name, colon, text = spec.rpartition(":")
     if not colon or not name:
@@ -300,12 +300,13 @@ def ensure_pruned(spec: str, log=print) -> Path:
     if not source.is_dir():
         raise ModelError(f"model: prune:{spec}: the model to prune must be a local folder or a known model name")
     weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in source.glob("*.safetensors"))
-    key = json.dumps([str(source.resolve()), weights, text, CALIBRATION_TASK, transformers.__version__.split(".")[0]])
+    major = transformers.__version__.split(".")[0]
+    key = json.dumps([str(source.resolve()), weights, text, CALIBRATION_PROMPTS, major])
     target = models_dir() / f"prune-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if (target / "config.json").exists():
         return target
     log(f"Pruning {name} ({text or 'half'}) into {target}")
-    args = [str(source), text, "<staging>", CALIBRATION_TASK, str(CALIBRATION_PROMPTS)]
+    args = [str(source), text, "<staging>", str(CALIBRATION_PROMPTS)]
     build_in_child("grpolab.model.prune", args, target, f"pruning {name}")
     return target
 

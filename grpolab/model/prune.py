@@ -15,7 +15,7 @@ to the residual stream. Kept layers and channels keep their order and their weig
 `num_hidden_layers` (and `layer_types`, `intermediate_size`) follow, so the folder loads with `from_pretrained`.
 
 This module also runs as the child process that builds a `prune:<model>:<spec>` folder into the cache
-(`python -m grpolab.model.prune SOURCE SPEC TARGET TASK N`, started by `loading.ensure_pruned`), for the reason
+(`python -m grpolab.model.prune SOURCE SPEC TARGET CALIBRATION`, started by `loading.ensure_pruned`), for the reason
 `random_init` gives: the source model's weights never enter the training process's heap.
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,7 @@ import torch
 
 from grpolab.errors import ModelError
 
-CALIBRATION_TASK = "arithmetic"  # the default task's training prompts measure the importances
-CALIBRATION_PROMPTS = 32
+CALIBRATION_PROMPTS = 32  # built-in arithmetic questions measure the importances, unless a task's are given
 
 
 @dataclass(frozen=True)
@@ -194,37 +194,54 @@ def prune_model(model, spec: PruneSpec, batches: list[dict]) -> dict:
             "parameters": parameters}  # fmt: skip
 
 
-def calibration_batches(tokenizer, task_name: str, count: int, batch_size: int = 8) -> list[dict]:
-    """The prompts of the first `count` training examples of `task_name` (as the rollout encodes them), right-padded
-    in batches of input_ids and attention_mask."""
-    from grpolab.rollout.batch import encode_prompt, right_pad
-    from grpolab.tasks import get_task
+def calibration_prompts(tokenizer, count: int) -> list[list[int]]:
+    """The built-in calibration prompts: `count` arithmetic questions (seeded), chat-templated where the
+    tokenizer has a template. `grpolab prune task=...` measures on a task's own prompts instead."""
+    rng = random.Random(0)
+    prompts = []
+    for _ in range(count):
+        a, b, op = rng.randint(2, 99), rng.randint(2, 99), rng.choice("+-*")
+        messages = [{"role": "user", "content": f"What is {a} {op} {b}? Think, then give the number."}]
+        if getattr(tokenizer, "chat_template", None):
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids
+        else:
+            ids = tokenizer(f"Question: {messages[0]['content']}\nAnswer:")["input_ids"]
+        prompts.append(list(ids))
+    return prompts
 
-    task = get_task(task_name)
-    stream = task.train_stream(0)
-    prompts = [encode_prompt(tokenizer, task, next(stream)) for _ in range(count)]
+
+def calibration_batches(prompts: list[list[int]], pad_id: int, batch_size: int = 8) -> list[dict]:
+    """Token-id prompts right-padded in batches of input_ids and attention_mask."""
     batches = []
     for start in range(0, len(prompts), batch_size):
         rows = prompts[start : start + batch_size]
-        ids = right_pad(rows, tokenizer.pad_token_id, torch.long)
-        mask = right_pad([[1] * len(row) for row in rows], 0, torch.long)
+        width = max(len(row) for row in rows)
+        ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows])
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
         batches.append({"input_ids": ids, "attention_mask": mask})
     return batches
 
 
-def build_pruned_model(source: str, spec_text: str, target: str, task: str, count: int) -> dict:
-    """Load `source`, prune it by `spec_text` measured on `count` prompts of `task`, save to folder `target`."""
+def build_pruned_model(source: str, spec_text: str, target: str, calibration: str) -> dict:
+    """Load `source`, prune it by `spec_text`, save it to folder `target`. `calibration` names a JSON file of
+    a task's token-id prompts (written by `grpolab prune task=...`) or is a count of built-in prompts."""
     from grpolab.model.loading import load_model, load_tokenizer
 
     spec = parse_spec(spec_text)
     tokenizer = load_tokenizer(source)
     model = load_model(source).eval()
-    batches = calibration_batches(tokenizer, task, count) if spec.needs_measurement() else []
+    if calibration.isdigit():
+        prompts, origin = calibration_prompts(tokenizer, int(calibration)), f"{calibration} built-in prompts"
+    else:
+        given = json.loads(Path(calibration).read_text())  # {"task": name, "prompts": [[token id, ...], ...]}
+        prompts, origin = given["prompts"], f"{len(given['prompts'])} training prompts of {given['task']}"
+    batches = calibration_batches(prompts, tokenizer.pad_token_id) if spec.needs_measurement() else []
     summary = prune_model(model, spec, batches)
     model.save_pretrained(target, safe_serialization=True)
     model.generation_config.save_pretrained(target)
     tokenizer.save_pretrained(target)
-    origin = {"source": source, "spec": spec_text or "half", "calibration": {"task": task, "prompts": count}}
+    origin = {"source": source, "spec": spec_text or "half", "calibration": origin}
     Path(target, "prune_origin.json").write_text(json.dumps({**origin, **summary}, indent=1) + "\n")
     return summary
 
@@ -232,5 +249,5 @@ def build_pruned_model(source: str, spec_text: str, target: str, task: str, coun
 if __name__ == "__main__":
     from grpolab.model.random_init import child_main
 
-    usage = "python -m grpolab.model.prune SOURCE SPEC TARGET TASK N"
-    sys.exit(child_main(sys.argv[1:], usage, lambda *a: build_pruned_model(*a[:4], int(a[4]))))
+    usage = "python -m grpolab.model.prune SOURCE SPEC TARGET CALIBRATION"
+    sys.exit(child_main(sys.argv[1:], usage, build_pruned_model))

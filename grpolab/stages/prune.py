@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ class PruneConfig:
     output_dir: str = ""  # the folder to write (empty: runs/pruned-<model name>-<spec>)
     overwrite: bool = False  # replace an existing model folder there
     seed: int = 0  # unused by the measurement (it is deterministic); kept as every stage has one
-    task: str = "arithmetic"  # whose training prompts measure the importances
+    task: str = ""  # whose training prompts measure the importances (empty: built-in arithmetic questions)
     calibration_prompts: int = 32
 
     def validate(self) -> None:
@@ -45,16 +46,24 @@ def output_folder(config: PruneConfig) -> Path:
 
 def prune(config: PruneConfig, log=print) -> Path:
     """Prune as configured; returns the model folder (with prune_origin.json: kept layers, importances)."""
-    from grpolab.model.loading import build_in_child, resolve_model_path
+    from grpolab.model.loading import build_in_child, load_tokenizer, resolve_model_path
+    from grpolab.rollout.batch import encode_prompt
     from grpolab.tasks import get_task
 
-    get_task(config.task)  # an unknown task is refused before the model is loaded
+    task = get_task(config.task) if config.task else None  # an unknown task is refused before anything loads
     target = output_folder(config)
     source = resolve_model_path(config.model, log=log)
     staging = target.parent / f".{target.name}.new"
     shutil.rmtree(staging, ignore_errors=True)
-    args = [source, config.spec, "<staging>", config.task, str(config.calibration_prompts)]
-    build_in_child("grpolab.model.prune", args, staging, f"pruning {config.model}")
+    with tempfile.TemporaryDirectory() as folder:
+        calibration = str(config.calibration_prompts)
+        if task is not None:  # the task's prompts as the rollout encodes them, for the child to measure on
+            stream, tokenizer = task.train_stream(0), load_tokenizer(source)
+            prompts = [encode_prompt(tokenizer, task, next(stream)) for _ in range(config.calibration_prompts)]
+            calibration = str(Path(folder) / "calibration.json")
+            Path(calibration).write_text(json.dumps({"task": config.task, "prompts": prompts}))
+        args = [source, config.spec, "<staging>", calibration]
+        build_in_child("grpolab.model.prune", args, staging, f"pruning {config.model}")
     if target.exists():  # only a model folder, with overwrite=true (output_folder)
         shutil.rmtree(target)
     staging.rename(target)

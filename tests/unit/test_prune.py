@@ -64,7 +64,7 @@ def test_block_influence_by_hand():
 def pruned(tmp_path_factory):
     source = str(ensure_tiny_random())
     target = tmp_path_factory.mktemp("pruned")
-    summary = build_pruned_model(source, "keep=1+mlp=48", str(target), "arithmetic", 8)
+    summary = build_pruned_model(source, "keep=1+mlp=48", str(target), "8")
     return source, target, summary
 
 
