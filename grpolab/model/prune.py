@@ -226,17 +226,18 @@ def calibration_batches(prompts: list[list[int]], pad_id: int, batch_size: int =
 def build_pruned_model(source: str, spec_text: str, target: str, calibration: str) -> dict:
     """Load `source`, prune it by `spec_text`, save it to folder `target`. `calibration` names a JSON file of
     a task's token-id prompts (written by `grpolab prune task=...`) or is a count of built-in prompts."""
-    from grpolab.model.loading import load_model, load_tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # as random_init does: this runs as a child
 
     spec = parse_spec(spec_text)
-    tokenizer = load_tokenizer(source)
-    model = load_model(source).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
     if calibration.isdigit():
         prompts, origin = calibration_prompts(tokenizer, int(calibration)), f"{calibration} built-in prompts"
     else:
         given = json.loads(Path(calibration).read_text())  # {"task": name, "prompts": [[token id, ...], ...]}
         prompts, origin = given["prompts"], f"{len(given['prompts'])} training prompts of {given['task']}"
-    batches = calibration_batches(prompts, tokenizer.pad_token_id) if spec.needs_measurement() else []
+    batches = calibration_batches(prompts, pad_id) if spec.needs_measurement() else []
     summary = prune_model(model, spec, batches)
     model.save_pretrained(target, safe_serialization=True)
     model.generation_config.save_pretrained(target)
