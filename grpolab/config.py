@@ -72,6 +72,11 @@ class RolloutConfig:
     # true: the engine generates from the trainer's own weights through the transformers forward (no second copy;
     # needs rollout.dtype=fp32, the trainer's dtype); false: its own packed copy (faster decoding)
     share_weights: bool = False
+    # > 0: this many processes run the engine and the rewards apart from the trainer (grpolab/rollout/workers.py);
+    # a step trains on a rollout sampled by weights at most max_staleness optimizer steps old (0: today's loop)
+    workers: int = 0
+    max_staleness: int = 0
+    worker_threads: int = 1  # torch threads of each rollout worker
 
 
 @dataclass
@@ -107,6 +112,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_nonfinite_steps: int = 3
     max_minutes: float = 11.0  # a time budget for the training steps (0: none); evaluation runs after it
+    threads: int = 0  # torch threads of the trainer (0: torch's default, one per core)
 
 
 @dataclass
@@ -126,8 +132,9 @@ class GRPOConfig:
     ref_reset_every: int = 0
     # The engine samples with its own kernels (bf16, KV cache), so its pi_old differs from the trainer's by rounding
     # (measured on SmolLM2 bf16: mean |delta log p| 0.035 per token). Truncated importance weights correct for it:
-    # (choice: beyond ALGORITHMS.md; TIS, Yao et al. 2025) none | token | sequence, capped at rollout_cap
-    rollout_correction: Literal["none", "token", "sequence"] = "token"
+    # (choice: beyond ALGORITHMS.md; TIS, Yao et al. 2025) none | token | sequence, capped at rollout_cap; the masked
+    # variants drop tokens / sequences whose weight leaves [1/rollout_cap, rollout_cap] instead (MIS)
+    rollout_correction: Literal["none", "token", "sequence", "token_mask", "sequence_mask"] = "token"
     rollout_cap: float = 2.0
     # DAPO batch shaping (ALGORITHMS.md section 3)
     dynamic_sampling: bool = False
@@ -280,6 +287,10 @@ RANGES: dict[str, tuple[Any, str]] = {
     "grpo.eps_high": (lambda v: v >= 0, "a float >= 0"),
     "grpo.ref_reset_every": (lambda v: v >= 0, "an integer >= 0 (0 never resets)"),
     "grpo.rollout_cap": (lambda v: v >= 1, "a float >= 1 (the largest importance weight of a sample)"),
+    "rollout.workers": (lambda v: v >= 0, "an integer >= 0 (0: the trainer samples its own rollouts)"),
+    "rollout.max_staleness": (lambda v: v >= 0, "an integer >= 0 (optimizer steps)"),
+    "rollout.worker_threads": (lambda v: v >= 1, "an integer >= 1"),
+    "train.threads": (lambda v: v >= 0, "an integer >= 0 (0: torch's default)"),
     "reward.timeout_seconds": (lambda v: v > 0, "a float > 0"),
     "reward.num_workers": (lambda v: v >= 0, "an integer >= 0 (0 scores in the trainer's process)"),
     "reward.overlong_buffer": (lambda v: 0 < v <= 1, "a float in (0, 1] (a fraction of max_new_tokens)"),
@@ -455,6 +466,25 @@ def validate_grpo(config: Config) -> None:
     if config.lora.rank and not config.lora.target_modules.strip():
         raise ConfigError("lora.target_modules: must name modules (e.g. q_proj,v_proj) or be 'all-linear'")
     validate_memory(config)
+    validate_workers(config)
+
+
+def validate_workers(config: Config) -> None:
+    """`rollout.workers`: what a rollout worker apart from the trainer cannot do yet, refused in one line."""
+    rollout, grpo = config.rollout, config.grpo
+    if grpo.rollout_correction.endswith("_mask") and grpo.rollout_cap <= 1:
+        raise ConfigError("grpo.rollout_cap: the masked corrections keep weights in [1/cap, cap]; use a cap > 1")
+    if rollout.max_staleness and not rollout.workers:
+        raise ConfigError("rollout.max_staleness: needs rollout.workers >= 1 (without workers every rollout is fresh)")
+    if not rollout.workers:
+        return
+    refused = {
+        "grpo.dynamic_sampling": (grpo.dynamic_sampling, "draws prompts as it samples"),
+        "grpo.iteration_steps": (grpo.iteration_steps != 0, "retrains reward models in the trainer"),
+    }
+    for key, (set_, why) in refused.items():
+        if set_:
+            raise ConfigError(f"{key}: not with rollout.workers yet ({why}); leave it at its default")
 
 
 def validate_memory(config: Config) -> None:

@@ -7,6 +7,8 @@ Shapes: B completions (a micro-batch of the rollout), T completion tokens; masks
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -66,18 +68,27 @@ KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 def rollout_weights(
     old_logprobs: torch.Tensor, sampling_logprobs: torch.Tensor, mask: torch.Tensor, level: str, cap: float
 ) -> torch.Tensor:
-    """Truncated importance weights for a rollout sampled by another computation of pi_old (the engine's bf16
-    kernels, vLLM) than the trainer's; the per-token loss is multiplied by them (detached).
+    """Importance weights for a rollout sampled by another computation of pi_old (the engine's bf16 kernels,
+    vLLM) or by an older policy (rollout workers, `rollout.max_staleness`) than the trainer's; the per-token
+    loss is multiplied by them (detached).
     (choice: beyond ALGORITHMS.md, which assumes the samples come from pi_old exactly)
-      token (TIS, Yao et al. 2025):  w_{i,t} = min(pi_old / pi_sampling, cap)               [B, T]
-      sequence:                      w_i = min(prod_t pi_old / pi_sampling over o_i, cap)    [B, 1]
+      token (TIS, Yao et al. 2025):  w_{i,t} = min(r_{i,t}, cap),  r_{i,t} = pi_old / pi_sampling          [B, T]
+      sequence:                      w_i = min(R_i, cap),          R_i = prod_t r_{i,t} over o_i          [B, 1]
+      token_mask (MIS):              w_{i,t} = r_{i,t} if 1/cap <= r_{i,t} <= cap, else 0 (token dropped)
+      sequence_mask:                 w_i = R_i if 1/cap <= R_i <= cap, else 0 (the whole sequence dropped)
     """
     log_ratio = (old_logprobs - sampling_logprobs).detach() * mask  # [B, T]; 0 on padding
-    if level == "sequence":
+    if level.startswith("sequence"):
         log_ratio = log_ratio.sum(dim=1, keepdim=True)  # [B, 1]
-    elif level != "token":
+    elif not level.startswith("token"):
         raise ValueError(f"unknown rollout correction level {level!r}")
-    return torch.exp(log_ratio).clamp(max=cap)
+    ratio = torch.exp(log_ratio)
+    if level.endswith("_mask"):
+        limit = math.log(cap)
+        return torch.where(log_ratio.abs() <= limit, ratio, torch.zeros_like(ratio))
+    if level not in ("token", "sequence"):
+        raise ValueError(f"unknown rollout correction level {level!r}")
+    return ratio.clamp(max=cap)
 
 
 def aggregate(

@@ -72,6 +72,7 @@ def grpo_loss(
         token_weights = weights.expand_as(mask)
         stats["rollout_weight_mean"] = masked_mean(token_weights, mask).item()
         stats["rollout_weight_capped_frac"] = masked_mean((token_weights >= grpo.rollout_cap).float(), mask).item()
+        stats["rollout_weight_masked_frac"] = masked_mean((token_weights == 0).float(), mask).item()
     loss = aggregate(
         token_loss, mask, grpo.aggregation, normalisers.num_sequences, normalisers.num_tokens, normalisers.max_length
     )

@@ -1,6 +1,7 @@
 """`grpolab bench <name> [key=value ...]`: performance measurements. Each benchmark is a module
-`grpolab.bench.<name>` exposing `run(overrides: list[str]) -> int`; add its name to BENCHMARKS. A module
-with options of its own also has `add_arguments(parser)` and is called as `run(overrides, args)`."""
+`grpolab.bench.<name>` (or `MODULES[name]`) exposing `run(overrides: list[str]) -> int`; add its name to
+BENCHMARKS. A module with options of its own also has `add_arguments(parser)` and is called as
+`run(overrides, args)`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ BENCHMARKS = {
     "generate": "tokens/s of the grpolab engine vs transformers generate (fp32)",
     "step": "one GRPO step against TRL",
     "ppo": "GRPO against PPO with a value model: memory, step time, learning (same completions per step)",
+    "async": "the synchronous loop against rollout workers at max_staleness k: steps per hour, idle, accuracy",
 }
+MODULES = {"async": "async_rollouts"}  # `async` is a Python keyword: its module has another name
+
+
+def module_name(name: str) -> str:
+    return f"grpolab.bench.{MODULES.get(name, name)}"
 
 
 def available() -> dict[str, str]:
@@ -18,9 +25,9 @@ def available() -> dict[str, str]:
     found = {}
     for name, help_text in BENCHMARKS.items():
         try:
-            importlib.import_module(f"grpolab.bench.{name}")
+            importlib.import_module(module_name(name))
         except ModuleNotFoundError as error:
-            if error.name != f"grpolab.bench.{name}":
+            if error.name != module_name(name):
                 raise
             continue
         found[name] = help_text
@@ -33,14 +40,14 @@ def register(subparsers) -> None:
     for name, help_text in available().items():
         sub = names.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("overrides", nargs="*", metavar="key=value")
-        module = importlib.import_module(f"grpolab.bench.{name}")
+        module = importlib.import_module(module_name(name))
         if hasattr(module, "add_arguments"):
             module.add_arguments(sub)
         sub.set_defaults(func=run)
 
 
 def run(args) -> int:
-    module = importlib.import_module(f"grpolab.bench.{args.benchmark}")
+    module = importlib.import_module(module_name(args.benchmark))
     if hasattr(module, "add_arguments"):
         return module.run(args.overrides, args)
     return module.run(args.overrides)

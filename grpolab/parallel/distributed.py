@@ -48,6 +48,8 @@ def check_world(config: Config, world_size: int) -> None:
             f"rollout.prompts_per_step: {config.rollout.prompts_per_step} prompts cannot be shared equally by "
             f"{world_size} processes; use a multiple of {world_size}"
         )
+    if config.rollout.workers and world_size > 1:
+        raise ConfigError("rollout.workers: one trainer process only for now (not under torchrun)")
     if config.grpo.dynamic_sampling and world_size > 1:
         raise ConfigError("grpo.dynamic_sampling: not supported with more than one process yet")
     if config.train.micro_batch_tokens and world_size > 1 and config.parallel.strategy == "fsdp":

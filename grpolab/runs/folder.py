@@ -214,6 +214,9 @@ RESUMABLE_KEYS = (
     "train.keep_checkpoints",
     "train.max_nonfinite_steps",
     "rollout.generation_batch",
+    "rollout.workers",  # with rollout.max_staleness=0 workers sample exactly what the trainer would
+    "rollout.worker_threads",
+    "train.threads",
     "eval.every",
     "reward.num_workers",
     "reward.timeout_seconds",

@@ -31,7 +31,10 @@ from grpolab.training.micro_batches import micro_batches, score
 
 def step_rollout(run, step: int, stream, timer):
     """The step's rollout (`rollout/sampling.sample_rollout`), the policy in eval mode; returns (batch, sampling
-    stats). `time/generate` counts the engine alone (the rewards have their own phase)."""
+    stats). `time/generate` counts the engine alone (the rewards have their own phase). With rollout workers
+    the rollout comes from one of them (`training/async_rollouts.py`)."""
+    if run.rollouts is not None:
+        return run.rollouts.rollout(run, step, stream, timer)
     with timer("generate"):
         run.policy.eval()
         batch, stats = sample_rollout(
@@ -39,6 +42,14 @@ def step_rollout(run, step: int, stream, timer):
         )
     timer.phases["generate"] -= timer.phases.get("rewards", 0.0)
     return batch, stats
+
+
+def publish_weights(run, step: int, timer) -> None:
+    """After the optimizer step: the engine (or the rollout workers) samples from the new weights."""
+    if run.rollouts is not None:
+        run.rollouts.publish(run, step, timer)
+    else:
+        run.engine.sync_weights(run.rollout_model)
 
 
 def truncated(batch: RolloutBatch) -> torch.Tensor:

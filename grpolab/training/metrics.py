@@ -61,6 +61,7 @@ def step_metrics(step, batch, stats, trainer_logprobs, grad_norm, scheduler, tim
         "truncated_frac": sum(c.finish_reason == "length" for c in batch.completions) / len(batch.completions),
         "rollout_weight_mean": stats.get("rollout_weight_mean", 1.0),
         "rollout_weight_capped_frac": stats.get("rollout_weight_capped_frac", 0.0),
+        "rollout_weight_masked_frac": stats.get("rollout_weight_masked_frac", 0.0),
         "logprob_mismatch": ((batch.sampling_logprobs - trainer_logprobs).abs() * mask).sum().item()
         / max(1.0, mask.sum().item()),
         "reward_errors": batch.reward_errors,  # calls scored 0 under reward.on_error=zero

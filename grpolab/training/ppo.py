@@ -26,7 +26,7 @@ from grpolab.algorithms.losses import KL_ESTIMATORS
 from grpolab.algorithms.ppo import clipped_value_loss, gae, token_rewards, whiten
 from grpolab.config import Config
 from grpolab.parallel.distributed import Parallel
-from grpolab.training.experience import ShapedBatch, batch_logprobs, loss_mask, step_rollout
+from grpolab.training.experience import ShapedBatch, batch_logprobs, loss_mask, publish_weights, step_rollout
 from grpolab.training.metrics import Timer, step_metrics
 from grpolab.training.micro_batches import micro_batches, score
 from grpolab.training.optimisation import optimisation_pass
@@ -71,7 +71,7 @@ def ppo_step(run, step: int, stream):
         if epoch == 0:
             first = (stats, current, value_stats, grad_norm, value_grad_norm)
     run.scheduler.step()
-    run.engine.sync_weights(run.rollout_model)
+    publish_weights(run, step, timer)
     stats, current, value_stats, grad_norm, value_grad_norm = first
     batch, current = parallel.gather_rollout(batch, current, run.tokenizer.pad_token_id)
     reset_every = config.grpo.ref_reset_every

@@ -65,6 +65,7 @@ class TrainingRun:
     device: torch.device
     parallel: Parallel
     lock: RunLock | None  # rank 0's lock on the run folder
+    rollouts: object = None  # rollout.workers > 0: the workers' side (training/async_rollouts.WorkerRollouts)
 
 
 def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | None]:

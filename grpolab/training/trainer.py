@@ -24,12 +24,15 @@ import math
 import time
 from pathlib import Path
 
+import torch
+
 from grpolab.config import Config
 from grpolab.errors import TrainingError
 from grpolab.model.lora import save_policy
 from grpolab.parallel import distributed
 from grpolab.parallel.distributed import Parallel, Silent, silenced
 from grpolab.rollout.evaluation import greedy_accuracy, training_eval_summary
+from grpolab.rollout.workers import WorkerDied
 from grpolab.runs.folder import (
     MetricsWriter,
     StopRequest,
@@ -40,7 +43,8 @@ from grpolab.runs.folder import (
 )
 from grpolab.runs.progress import Progress
 from grpolab.runs.tracking import Tracker, sample_due, sample_rows
-from grpolab.training.experience import shape_batch, step_rollout
+from grpolab.training.async_rollouts import WorkerRollouts
+from grpolab.training.experience import publish_weights, shape_batch, step_rollout
 from grpolab.training.metrics import Timer, step_metrics, summary_line
 from grpolab.training.optimisation import apply_update, optimisation_pass
 from grpolab.training.plan import check_memory
@@ -61,13 +65,21 @@ def train(config: Config, log=print) -> Path:
 
 def run_training(config: Config, parallel: Parallel, log) -> Path:
     check_memory(config, log, parallel.active)  # train.memory_limit_gb: the worst-case step, before anything
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
     run, checkpoint = setup(config, log, parallel)
+    graceful = False
     try:
         state = restore(run, checkpoint, log)
+        if config.rollout.workers:  # the engine and rewards in worker processes (training/async_rollouts.py)
+            run.rollouts = WorkerRollouts(run, version=state.get("step", 0))
         results = training_loop(run, state, log)
+        graceful = True
         if results is not None:
             finish(run, results, log)
-    finally:  # the reward workers and the folder's lock end with the run, however it ends
+    finally:  # the rollout and reward workers and the folder's lock end with the run, however it ends
+        if run.rollouts is not None:
+            run.rollouts.close(graceful)
         run.rewards.close()
         if run.lock is not None:
             run.lock.release()
@@ -93,8 +105,11 @@ def training_loop(run: TrainingRun, state: dict, log) -> dict | None:
     stop_reason, held_out = "max_steps", None  # held_out: (step, accuracy) of the latest eval.every evaluation
     with StopRequest() as stop, contextlib.closing(progress):  # closed (and warnings restored) however it ends
         for step in range(state.get("step", 0) + 1, config.train.max_steps + 1):
-            record, batch = step_function(run, step, stream)
-            state["examples_consumed"] = stream.consumed
+            try:
+                record, batch = step_function(run, step, stream)
+            except WorkerDied as error:  # the last finished step is saved, so the run resumes with new workers
+                raise worker_died(run, step, state, error) from None
+            state["examples_consumed"] = stream.consumed if run.rollouts is None else run.rollouts.consumed
             check_finite_step(record, state, config)
             if config.eval.every and eval_examples and step % config.eval.every == 0:  # every rank, as before/after
                 record["eval/accuracy"] = evaluate(run, eval_examples)  # greedy: draws no training randomness
@@ -162,7 +177,7 @@ def grpo_step(run: TrainingRun, step: int, stream):
             first_stats, first_logprobs = stats, current
     run.scheduler.step()
     parallel.sync_rollout_model(run.scorer, run.rollout_model)
-    run.engine.sync_weights(run.rollout_model)
+    publish_weights(run, step, timer)
     batch, first_logprobs = parallel.gather_rollout(batch, first_logprobs, run.tokenizer.pad_token_id)
     run.iterations.record(batch)
     extra = {**parallel.mean_dict({**sampling_stats, **shaped.stats}), "skipped_updates": skipped}
@@ -177,9 +192,20 @@ def grpo_step(run: TrainingRun, step: int, stream):
     return record, batch
 
 
+def worker_died(run: TrainingRun, step: int, state: dict, error: WorkerDied) -> TrainingError:
+    """The one line a run stopped by a dead rollout worker ends with, after saving its last finished step."""
+    done = step - 1
+    if done < 1:
+        return TrainingError(f"{error} before step 1 finished; nothing to save")
+    save_training_checkpoint(run, done, state)
+    return TrainingError(f"{error} during step {step}; step {done} saved. Resume: grpolab train --resume {run.run_dir}")
+
+
 def evaluate(run: TrainingRun, examples: list[dict]) -> float:
     """Greedy held-out accuracy; with many processes each scores every world_size-th example."""
     parallel = run.parallel
+    if run.rollouts is not None:  # the workers sample; the trainer's engine is refreshed for evaluation only
+        run.engine.sync_weights(run.rollout_model)
     mine = examples[parallel.rank :: parallel.world_size]
     _, samples = greedy_accuracy(
         run.engine, run.tokenizer, run.task, mine, run.config.eval.max_new_tokens, run.config.eval.batch_size

@@ -195,6 +195,22 @@ def test_rollout_weights_by_hand():
     assert not rollout_weights(old.requires_grad_(True), sampling, mask, "token", 2.0).requires_grad
 
 
+def test_masked_rollout_weights_by_hand():
+    """MIS: a token (or sequence) whose ratio leaves [1/cap, cap] gets weight 0; the others keep their ratio."""
+    old = torch.tensor([[-1.0, -2.0, -3.0, -1.0], [-1.0, -1.0, -1.0, -1.0]])
+    sampling = torch.tensor([[-1.5, -1.0, -3.0, 0.0], [-1.2, -1.0, -0.5, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0]])  # the last token is padding
+    token = rollout_weights(old, sampling, mask, "token_mask", cap=2.0)
+    # row 0: e^0.5 = 1.65 kept, e^-1 = 0.37 < 1/2 dropped, e^0 = 1 kept; row 1: e^0.2, 1, e^-0.5 = 0.61 kept
+    expected = torch.tensor([[math.exp(0.5), 0.0, 1.0, 1.0], [math.exp(0.2), 1.0, math.exp(-0.5), 1.0]])
+    torch.testing.assert_close(token, expected)
+    sequence = rollout_weights(old, sampling, mask, "sequence_mask", cap=2.0)
+    # row 0: e^(0.5 - 1 + 0) = e^-0.5 = 0.61 kept; row 1: e^(0.2 + 0 - 0.5) = e^-0.3 = 0.74 kept
+    torch.testing.assert_close(sequence, torch.tensor([[math.exp(-0.5)], [math.exp(-0.3)]]))
+    tight = rollout_weights(old, sampling, mask, "sequence_mask", cap=1.5)  # 1/1.5 = 0.67: row 0 dropped
+    torch.testing.assert_close(tight, torch.tensor([[0.0], [math.exp(-0.3)]]))
+
+
 def test_rollout_correction_weights_each_token_loss():
     """On-policy (mu = 1): the gradient on token t is w_t times the uncorrected one, w_t = min(pi_old / pi_sampling,
     cap); a sampling distribution equal to pi_old changes nothing."""
