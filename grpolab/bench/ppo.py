@@ -22,34 +22,9 @@ import time
 
 from grpolab.bench.step import DEFAULTS, bench_config, peak_rss_gb, run_side
 from grpolab.errors import ConfigError
+from grpolab.training.plan import state_memory  # the same parts `grpolab plan` reports
 
 SIDES = ("grpo", "ppo")
-
-
-def tensor_gb(tensors) -> float:
-    return sum(t.numel() * t.element_size() for t in tensors) / 1e9
-
-
-def state_memory(run) -> dict:
-    """The bytes of what a run holds between steps, by part (GB). Gradients are counted at their peak, one per
-    trainable parameter (fp32, as the optimizer step sees them)."""
-    from grpolab.training.setup import unwrapped
-
-    value = unwrapped(run.value_model) if run.value_model is not None else None
-    value_ids = {id(p) for p in value.parameters()} if value is not None else set()
-    policy = [p for p in run.policy.parameters()]
-    trainable = [p for group in run.optimizer.param_groups for p in group["params"]]
-    moments = [t for state in run.optimizer.state.values() for t in state.values() if hasattr(t, "numel")]
-    reference = []
-    if run.reference is not None and run.reference.frozen is not None:
-        reference = list(run.reference.frozen.parameters())
-    return {
-        "weights": tensor_gb(policy),
-        "gradients": tensor_gb(p for p in trainable if id(p) not in value_ids),
-        "optimizer": tensor_gb(moments),
-        "value_model": tensor_gb(value.parameters()) * 2 if value is not None else 0.0,  # weights + gradients
-        "reference": tensor_gb(reference),
-    }
 
 
 def run_training_side(overrides: list[str], steps: int, curve: bool) -> dict:

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from grpolab.commands.train import config_file, split_config_args
     from grpolab.config import load_config
-    from grpolab.training.plan import report, run_plan
+    from grpolab.training.plan_check import report, run_plan
 
     path, overrides = split_config_args(args.args)
     config = load_config(config_file(path) if path else None, overrides)

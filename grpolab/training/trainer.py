@@ -47,7 +47,7 @@ from grpolab.training.async_rollouts import WorkerRollouts
 from grpolab.training.experience import publish_weights, shape_batch, step_rollout
 from grpolab.training.metrics import Timer, step_metrics, summary_line
 from grpolab.training.optimisation import apply_update, optimisation_pass
-from grpolab.training.plan import check_memory
+from grpolab.training.plan_check import check_memory
 from grpolab.training.ppo import ppo_step
 from grpolab.training.setup import CountingStream, TrainingRun, restore, save_training_checkpoint, setup
 

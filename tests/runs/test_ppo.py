@@ -95,6 +95,6 @@ def test_bench_ppo_prints_the_comparison(tmp_path):
         assert record[key] > 0, key
     assert record["completions_per_step"] == 32 and record["ppo_group_size"] == 1
     assert {"value", "values"} <= set(record["ppo_phase_seconds"]) and "value" not in record["grpo_phase_seconds"]
-    parts = {"weights", "gradients", "optimizer", "value_model", "reference", "activations_and_rest"}
+    parts = {"weights", "gradients", "optimizer", "value_model", "reference", "engine_copy", "activations_and_rest"}
     assert set(record["ppo_state_gb"]) == parts == set(record["grpo_state_gb"])
     assert len(record["ppo_train_accuracy"][0]) == 2 and record["grpo_accuracy_after"][0] is not None
