@@ -1,7 +1,8 @@
 """`grpolab bench async [key=value ...] [--minutes M] [--seeds 0,1,2] [--staleness 0,1,2]`: the synchronous loop
-(one process, `--threads` torch threads) against one trainer and `--workers` rollout workers (one thread each) at
-each max_staleness k, on the same model and task, for the same training wall-clock (`train.max_minutes`), each
-seed's runs one after the other (never two heavy runs at once on a small machine).
+(one process, `--threads` torch threads; 0 leaves it out) against one trainer (`--trainer-threads`, default 1) and
+`--workers` rollout workers (`--worker-threads` each, default 1) at each max_staleness k, on the same model and task,
+for the same training wall-clock (`train.max_minutes`), each seed's runs one after the other (never two heavy runs at
+once on a small machine).
 
 Every run is a real `grpolab train` in a child process (the defaults plus the key=value overrides). One JSON line
 per run on stdout as it finishes, then a summary line: per setting, over seeds, the medians of steps per hour,
@@ -31,15 +32,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--staleness", default="0,1,2", help="comma-separated rollout.max_staleness values")
     parser.add_argument("--workers", type=int, default=1, help="rollout workers beside the trainer")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the synchronous run")
+    parser.add_argument("--trainer-threads", type=int, default=1, help="torch threads of the trainer beside workers")
+    parser.add_argument("--worker-threads", type=int, default=1, help="torch threads of each rollout worker")
     parser.add_argument("--output", default="", help="keep the run folders here (default: a temporary folder)")
 
 
 def settings(args) -> dict[str, list[str]]:
     """Each compared setting's overrides."""
-    out = {"sync": [f"train.threads={args.threads}"]}
+    out = {"sync": [f"train.threads={args.threads}"]} if args.threads else {}
     for k in parse_list(args.staleness, "--staleness"):
-        out[f"workers{args.workers}_k{k}"] = [
-            "train.threads=1", "rollout.worker_threads=1", f"rollout.workers={args.workers}",
+        name = f"workers{args.workers}_k{k}"
+        if (args.trainer_threads, args.worker_threads) != (1, 1):
+            name += f"_t{args.trainer_threads}w{args.worker_threads}"
+        out[name] = [
+            f"train.threads={args.trainer_threads}", f"rollout.worker_threads={args.worker_threads}",
+            f"rollout.workers={args.workers}",
             f"rollout.max_staleness={k}",
         ]  # fmt: skip
     return out

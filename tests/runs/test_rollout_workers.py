@@ -193,3 +193,18 @@ def test_bench_async_prints_a_line_per_run_and_a_summary(tmp_path):
         assert 0 <= summary[name]["trainer_idle_frac"] < 1
     assert set(summary["workers1_k1"]["staleness"]) <= {"0", "1"}
     assert summary["sync"]["staleness"] == {}
+
+
+def test_bench_async_settings_name_the_thread_split():
+    from argparse import Namespace
+
+    from grpolab.bench.async_rollouts import settings
+
+    args = Namespace(threads=0, staleness="1", workers=1, trainer_threads=2, worker_threads=1)
+    assert settings(args) == {
+        "workers1_k1_t2w1": [
+            "train.threads=2", "rollout.worker_threads=1", "rollout.workers=1", "rollout.max_staleness=1",
+        ]
+    }  # fmt: skip
+    args = Namespace(threads=2, staleness="0", workers=1, trainer_threads=1, worker_threads=1)
+    assert list(settings(args)) == ["sync", "workers1_k0"]
