@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from grpolab.config import _apply, parse_override
+from grpolab.config import apply_key, parse_override
 from grpolab.engine.base import SamplingParams
 from grpolab.errors import ConfigError
 
@@ -41,7 +41,7 @@ def parse(overrides: list[str]) -> GenerateBenchConfig:
     config = GenerateBenchConfig()
     for text in overrides:
         key, value = parse_override(text)
-        _apply(config, key.split("."), value, key)
+        apply_key(config, key.split("."), value, key)
     if config.dtype not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"dtype: got {config.dtype!r}, expected one of 'auto', 'bf16', 'fp32'")
     for key in ("prompts", "samples", "repeats"):

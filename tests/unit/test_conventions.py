@@ -136,7 +136,7 @@ def test_describe_keys_takes_each_key_s_comment():
 
 
 def test_describe_keys_shortens_a_long_comment(monkeypatch):
-    monkeypatch.setattr("grpolab.config.HELP_WIDTH", 80)
+    monkeypatch.setattr("grpolab.config.describe.HELP_WIDTH", 80)
     (line,) = [line for line in describe_keys(Documented()) if line.startswith("  long")]
     assert len(line) <= 80 and line.endswith("word…")
 
