@@ -80,10 +80,16 @@ def wait_for_steps(run_dir: Path, steps: int, process: subprocess.Popen, timeout
     raise AssertionError(f"{steps} steps not logged within {timeout} s")
 
 
-def test_one_worker_at_staleness_0_is_the_synchronous_run(tmp_path):
+@pytest.mark.parametrize(
+    "algorithm",
+    [[], ["algorithm=ppo"], ["lora.rank=4", "lora.target_modules=q_proj,v_proj"]],
+    ids=["grpo", "ppo", "lora"],
+)
+def test_one_worker_at_staleness_0_is_the_synchronous_run(tmp_path, algorithm):
     sync, workers = tmp_path / "sync", tmp_path / "workers"
-    run_cli("train", *SAME_THREADS, f"output_dir={sync}", check=True)
-    run_cli("train", *SAME_THREADS, "rollout.workers=1", "rollout.max_staleness=0", f"output_dir={workers}", check=True)
+    run_cli("train", *SAME_THREADS, *algorithm, f"output_dir={sync}", check=True)
+    run_cli("train", *SAME_THREADS, *algorithm, "rollout.workers=1", "rollout.max_staleness=0",
+            f"output_dir={workers}", check=True)  # fmt: skip
     for a, b in zip(metrics(sync), metrics(workers), strict=True):
         assert {k: v for k, v in a.items() if not k.startswith(VARYING)} == {
             k: v for k, v in b.items() if not k.startswith(VARYING)
