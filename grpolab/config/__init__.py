@@ -9,7 +9,7 @@ types), `describe` (`--help` lines from the fields' comments), `places` (the run
 """
 
 from grpolab.config.checks import check_ranges
-from grpolab.config.describe import HELP_WIDTH, describe_keys, field_comment, field_comments, shortened
+from grpolab.config.describe import describe_keys, field_comment, field_comments, shortened
 from grpolab.config.loading import apply_key, flatten, load_config, parse_override, settings_overrides, to_dict, to_yaml
 from grpolab.config.places import run_place, task_folder_name
 from grpolab.config.schema import (
@@ -30,7 +30,6 @@ from grpolab.config.schema import (
 from grpolab.errors import ConfigError
 
 __all__ = [
-    "HELP_WIDTH",
     "RANGES",
     "Config",
     "ConfigError",

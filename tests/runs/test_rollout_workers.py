@@ -81,14 +81,14 @@ def wait_for_steps(run_dir: Path, steps: int, process: subprocess.Popen, timeout
 
 
 @pytest.mark.parametrize(
-    "algorithm",
+    "variant",
     [[], ["algorithm=ppo"], ["lora.rank=4", "lora.target_modules=q_proj,v_proj"]],
     ids=["grpo", "ppo", "lora"],
 )
-def test_one_worker_at_staleness_0_is_the_synchronous_run(tmp_path, algorithm):
+def test_one_worker_at_staleness_0_is_the_synchronous_run(tmp_path, variant):
     sync, workers = tmp_path / "sync", tmp_path / "workers"
-    run_cli("train", *SAME_THREADS, *algorithm, f"output_dir={sync}", check=True)
-    run_cli("train", *SAME_THREADS, *algorithm, "rollout.workers=1", "rollout.max_staleness=0",
+    run_cli("train", *SAME_THREADS, *variant, f"output_dir={sync}", check=True)
+    run_cli("train", *SAME_THREADS, *variant, "rollout.workers=1", "rollout.max_staleness=0",
             f"output_dir={workers}", check=True)  # fmt: skip
     for a, b in zip(metrics(sync), metrics(workers), strict=True):
         assert {k: v for k, v in a.items() if not k.startswith(VARYING)} == {
