@@ -21,6 +21,8 @@ from grpolab.config import apply_key, parse_override
 from grpolab.engine.base import SamplingParams
 from grpolab.errors import ConfigError
 
+DTYPES = ("auto", "bf16", "fp32", "int8")
+
 
 @dataclass
 class GenerateBenchConfig:
@@ -30,7 +32,7 @@ class GenerateBenchConfig:
     samples: int = 8
     new_tokens: str = "64,256"  # comma-separated settings
     temperature: float = 1.0
-    dtype: str = "auto"  # the engine's rollout.dtype; the reference is always fp32
+    dtype: str = "auto"  # the engine's rollout.dtype, or several comma-separated (timed side by side); hf is fp32
     repeats: int = 3
     warmup: int = 1
     threads: int = 0  # torch threads for both sides; 0 keeps torch's default
@@ -42,8 +44,9 @@ def parse(overrides: list[str]) -> GenerateBenchConfig:
     for text in overrides:
         key, value = parse_override(text)
         apply_key(config, key.split("."), value, key)
-    if config.dtype not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"dtype: got {config.dtype!r}, expected one of 'auto', 'bf16', 'fp32'")
+    dtypes = str(config.dtype).split(",")
+    if not all(d in DTYPES for d in dtypes) or len(set(dtypes)) != len(dtypes):
+        raise ConfigError(f"dtype: got {config.dtype!r}, expected distinct comma-separated values of {DTYPES}")
     for key in ("prompts", "samples", "repeats"):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key}: must be >= 1, got {getattr(config, key)}")
@@ -80,40 +83,45 @@ def run(overrides: list[str]) -> int:
     model = load_model(path).eval()
     task = get_task(config.task)
     prompts = [encode_prompt(tokenizer, task, example) for example in task.eval_examples(config.prompts)]
-    reference = HFEngine(model, tokenizer)
-    engine = GrpolabEngine(model, tokenizer, dtype=config.dtype)
+    backends = {"hf": HFEngine(model, tokenizer)}
+    for dtype in config.dtype.split(","):
+        backends[dtype] = GrpolabEngine(model, tokenizer, dtype=dtype)
     for new_tokens in [int(v) for v in config.new_tokens.split(",")]:
         params = dict(max_new_tokens=new_tokens, temperature=config.temperature, ignore_eos=True)
-        times: dict[str, list[float]] = {"engine": [], "hf": []}
+        times: dict[str, list[float]] = {name: [] for name in backends}
         for repeat in range(config.warmup + config.repeats):
             sampling = SamplingParams(seed=config.seed + repeat, **params)
-            for name, backend in (("hf", reference), ("engine", engine)):
+            for name, backend in backends.items():
                 seconds = timed(backend, prompts, config.samples, sampling)
                 if repeat >= config.warmup:
                     times[name].append(seconds)
                 kind = "timed" if repeat >= config.warmup else "warm-up"
                 print(f"[{new_tokens} tokens] {name} {kind} run: {seconds:.2f} s", file=sys.stderr, flush=True)
         tokens = config.prompts * config.samples * new_tokens
-        engine_rate = tokens / statistics.median(times["engine"])
         hf_rate = tokens / statistics.median(times["hf"])
-        record = {
-            "model": config.model,
-            "batch": config.prompts * config.samples,
-            "prompts": config.prompts,
-            "samples": config.samples,
-            "prompt_tokens": [len(p) for p in prompts],
-            "new_tokens": new_tokens,
-            "token_count": "fixed: every sample generates new_tokens (EOS ignored)",
-            "engine_dtype": str(engine.dtype).removeprefix("torch."),
-            "engine_path": "packed" if engine.packed is not None else "transformers",
-            "hf_dtype": "float32",
-            "threads": torch.get_num_threads(),
-            "engine_tokens_per_s": round(engine_rate, 1),
-            "hf_tokens_per_s": round(hf_rate, 1),
-            "speedup": round(engine_rate / hf_rate, 2),
-            "engine_seconds": [round(t, 3) for t in times["engine"]],
-            "hf_seconds": [round(t, 3) for t in times["hf"]],
-            "config": asdict(config),
-        }
-        print(json.dumps(record), flush=True)
+        for name, engine in backends.items():
+            if name == "hf":
+                continue
+            engine_rate = tokens / statistics.median(times[name])
+            record = {
+                "model": config.model,
+                "batch": config.prompts * config.samples,
+                "prompts": config.prompts,
+                "samples": config.samples,
+                "prompt_tokens": [len(p) for p in prompts],
+                "new_tokens": new_tokens,
+                "token_count": "fixed: every sample generates new_tokens (EOS ignored)",
+                "rollout_dtype": name,
+                "engine_dtype": "int8" if engine.int8 else str(engine.dtype).removeprefix("torch."),
+                "engine_path": "packed" if engine.packed is not None else "transformers",
+                "hf_dtype": "float32",
+                "threads": torch.get_num_threads(),
+                "engine_tokens_per_s": round(engine_rate, 1),
+                "hf_tokens_per_s": round(hf_rate, 1),
+                "speedup": round(engine_rate / hf_rate, 2),
+                "engine_seconds": [round(t, 3) for t in times[name]],
+                "hf_seconds": [round(t, 3) for t in times["hf"]],
+                "config": asdict(config),
+            }
+            print(json.dumps(record), flush=True)
     return 0

@@ -37,7 +37,8 @@ class GenerationRunConfig(RunConfig):
     """A command that generates with an engine (eval, sample, distill, pipeline)."""
 
     engine: Literal["grpolab", "hf"] = "grpolab"  # grpolab: the rollout engine; hf: transformers' generate
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"  # the engine's compute dtype (auto: bf16 where the CPU has it)
+    # the engine's compute dtype (auto: bf16 where the CPU has it; int8: 8-bit weights, Llama family only)
+    dtype: Literal["auto", "bf16", "fp32", "int8"] = "auto"
 
 
 @dataclass
@@ -49,7 +50,9 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    # the engine's weights: auto (bf16 where the CPU has it, else fp32), bf16, fp32, or int8 (8-bit weights with
+    # dynamic 8-bit activations, grpolab/engine/int8.py; the trainer's log-probs stay exact)
+    dtype: Literal["auto", "bf16", "fp32", "int8"] = "auto"
     # prompts per engine call (0: all of this process's prompts at once); each call is seeded by the global index
     # of its first prompt, so a run split over processes samples what one process with this setting samples
     generation_batch: int = 0

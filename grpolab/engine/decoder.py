@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from grpolab.engine.int8 import Int8Linear
 from grpolab.model.scoring import position_ids_from_mask
 
 SUPPORTED_TYPES = {"llama", "qwen2", "mistral"}
@@ -121,8 +122,19 @@ def layer_linears(layer) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     }
 
 
-def pack_layer(layer, dtype: torch.dtype) -> PackedLayer:
-    linears = {name: Linear(weight, bias, dtype) for name, (weight, bias) in layer_linears(layer).items()}
+def make_linear(weight, bias, dtype: torch.dtype, maxima: dict | None, key, storage: torch.Tensor | None = None):
+    """An int8 projection (`int8.py`, float32 in and out; `maxima`: the calibration's activation maxima, keyed
+    by (layer, name)) or, with `maxima` None, one in the engine dtype."""
+    if maxima is not None:
+        return Int8Linear(weight, bias, maxima.get(key))
+    return Linear(weight, bias, dtype, storage)
+
+
+def pack_layer(layer, dtype: torch.dtype, index: int = 0, maxima: dict | None = None) -> PackedLayer:
+    linears = {
+        name: make_linear(weight, bias, dtype, maxima, (index, name))
+        for name, (weight, bias) in layer_linears(layer).items()
+    }
     return PackedLayer(
         input_norm=layer.input_layernorm.weight.detach().to(dtype, copy=True),
         post_norm=layer.post_attention_layernorm.weight.detach().to(dtype, copy=True),
@@ -147,9 +159,14 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 class PackedDecoder:
     """Runs prefill and decode steps; owns the packed weights and the KV cache of the current call."""
 
-    def __init__(self, model, dtype: torch.dtype):
+    def __init__(self, model, dtype: torch.dtype, int8_maxima: dict | None = None):
+        """`int8_maxima`: the projections and the head hold int8 weights (`int8.py`), smoothed by these activation
+        maxima (`int8.activation_maxima`); `dtype` must then be float32, the dtype of their inputs and outputs, of
+        the norms and of the KV cache."""
         config = model.config
-        self.dtype = dtype
+        if int8_maxima is not None and dtype != torch.float32:
+            raise ValueError("int8 weights take float32 activations")
+        self.dtype, self.int8_maxima = dtype, int8_maxima
         self.heads = config.num_attention_heads
         self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -168,12 +185,14 @@ class PackedDecoder:
         allocation per step); prepacked ones are reordered anew."""
         if getattr(self, "layers", None):
             return self.copy_weights(model)
-        self.layers = [pack_layer(layer, self.dtype) for layer in model.model.layers]
+        self.layers = [pack_layer(layer, self.dtype, i, self.int8_maxima) for i, layer in enumerate(model.model.layers)]
         self.final_norm = model.model.norm.weight.detach().to(self.dtype, copy=True)
         self.embed = model.get_input_embeddings().weight.detach().to(self.dtype, copy=True)
         head = model.get_output_embeddings()
         tied = head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-        self.head = Linear(head.weight, getattr(head, "bias", None), self.dtype, self.embed if tied else None)
+        storage = self.embed if tied else None
+        bias = getattr(head, "bias", None)
+        self.head = make_linear(head.weight, bias, self.dtype, self.int8_maxima, (-1, "head"), storage)
 
     def copy_weights(self, model) -> None:
         for packed, layer in zip(self.layers, model.model.layers):
@@ -182,7 +201,7 @@ class PackedDecoder:
             packed.input_norm.copy_(layer.input_layernorm.weight)
             packed.post_norm.copy_(layer.post_attention_layernorm.weight)
         self.final_norm.copy_(model.model.norm.weight)
-        if self.head.weight is not self.embed:  # else the head's load below refreshes the shared copy
+        if getattr(self.head, "weight", None) is not self.embed:  # else the head's load refreshes the shared copy
             self.embed.copy_(model.get_input_embeddings().weight)
         head = model.get_output_embeddings()
         self.head.load(head.weight, getattr(head, "bias", None))

@@ -7,6 +7,8 @@ What it does that `generate` (the `hf` backend) does not:
   done once a quarter of the rows have finished, so that the copy is paid rarely);
 - bf16 weights where the hardware runs bf16 natively (`rollout.dtype=auto`), kept as a packed copy
   refreshed by `sync_weights`, while the trainer keeps fp32 master weights;
+- `rollout.dtype=int8`: int8 weights with dynamic int8 activations in every projection and the head
+  (`int8.py`), float32 elsewhere; Llama-family models only;
 - Llama-family models run through a lean decode path (`decoder.py`); any other causal LM through
   its own transformers forward (`hf_runner.py`).
 Sampling (`sampling.py`) and stopping follow `generate`: EOS from the tokenizer and generation config
@@ -20,11 +22,12 @@ from collections.abc import Callable
 
 import torch
 
-from grpolab.engine import decoder
+from grpolab.engine import decoder, int8
 from grpolab.engine.base import Completion, SamplingParams
 from grpolab.engine.hf import left_pad, stop_ids
 from grpolab.engine.hf_runner import HFRunner
 from grpolab.engine.sampling import sample_tokens
+from grpolab.errors import ConfigError
 from grpolab.model.precision import use_bf16
 
 COMPACT_FRACTION = 4  # compact once 1/4 of the rows in the batch have finished
@@ -35,7 +38,8 @@ class GrpolabEngine:
         self.tokenizer = tokenizer
         self.model = model
         self.device = next(model.parameters()).device
-        self.dtype = torch.bfloat16 if use_bf16(dtype, self.device) else torch.float32
+        self.int8 = dtype == "int8"
+        self.dtype = torch.bfloat16 if not self.int8 and use_bf16(dtype, self.device) else torch.float32
         self.use_packed = packed
         self.packed = None  # built on first use
         self.generic = None
@@ -51,11 +55,19 @@ class GrpolabEngine:
             else:
                 self.generic.load_weights(model)
 
-    def runner(self, total_length: int):
+    def runner(self, total_length: int, ids: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        """The packed decoder where it runs this model, else the transformers forward. With int8 weights the
+        first call's prompts (`ids`, `mask`) calibrate the smoothing (`int8.activation_maxima`)."""
         if self.use_packed and decoder.supports(self.model, total_length):
             if self.packed is None:
-                self.packed = decoder.PackedDecoder(self.model, self.dtype)
+                maxima = int8.activation_maxima(self.model, ids, mask) if self.int8 else None
+                self.packed = decoder.PackedDecoder(self.model, self.dtype, int8_maxima=maxima)
             return self.packed
+        if self.int8:
+            raise ConfigError(
+                "rollout.dtype=int8: needs the engine's packed path (a Llama / Qwen2 / Mistral model without LoRA, "
+                f"rollout.share_weights=false); this run has model_type {self.model.config.model_type!r}"
+            )
         if self.generic is None:
             same_dtype = self.dtype == next(self.model.parameters()).dtype
             copy_model = self.model if same_dtype else copy.deepcopy(self.model).to(self.dtype)
@@ -78,7 +90,7 @@ class GrpolabEngine:
             generator.manual_seed(params.seed)
         else:
             generator.seed()
-        runner = self.runner(ids.shape[1] + params.max_new_tokens)
+        runner = self.runner(ids.shape[1] + params.max_new_tokens, ids, mask)
         tokens, logprobs, ends = self.decode_loop(runner, ids, mask, n, params, stops, generator, on_token)
         return self.completions(tokens, logprobs, ends, n)
 

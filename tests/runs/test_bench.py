@@ -14,7 +14,9 @@ def test_parse_reads_overrides():
     assert (config.model, config.new_tokens, config.repeats, config.dtype) == ("tiny-random", "8,16", 2, "fp32")
 
 
-@pytest.mark.parametrize("override", ["colour=red", "repeats=0", "new_tokens=8,x", "dtype=fp16", "prompts=two"])
+@pytest.mark.parametrize(
+    "override", ["colour=red", "repeats=0", "new_tokens=8,x", "dtype=fp16", "dtype=fp32,fp32", "prompts=two"]
+)
 def test_parse_rejects_bad_settings(override):
     with pytest.raises(ConfigError):
         parse([override])

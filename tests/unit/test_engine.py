@@ -195,16 +195,22 @@ def test_logprobs_agree_with_the_trainer(llama, packed):
     temperature = 0.8
     params = SamplingParams(max_new_tokens=16, temperature=temperature, seed=1)
     engine = GrpolabEngine(llama, TOKENIZER, dtype="fp32", packed=packed)
-    groups = engine.generate(encode(PROMPTS), 2, params)
+    difference, _ = logprob_gaps(llama, engine.generate(encode(PROMPTS), 2, params), temperature)
+    assert difference.max().item() < 1e-4
+
+
+def logprob_gaps(model, groups, temperature: float):
+    """|trainer log-prob - engine log-prob| per completion token of `groups` (answers to PROMPTS), 0 off the mask;
+    returns (gaps [B, T], mask [B, T])."""
     completions = [c for g in groups for c in g]
-    prompt_ids, prompt_mask = left_pad([p for p in encode(PROMPTS) for _ in range(2)], TOKENIZER.pad_token_id)
+    prompts = [p for p, group in zip(encode(PROMPTS), groups) for _ in group]
+    prompt_ids, prompt_mask = left_pad(prompts, TOKENIZER.pad_token_id)
     completion_ids = right_pad([c.token_ids for c in completions], TOKENIZER.pad_token_id, torch.long)
     completion_mask = right_pad([[1] * len(c.token_ids) for c in completions], 0, torch.long)
     with torch.no_grad():
-        trainer, _ = completion_logprobs(llama, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
+        trainer, _ = completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
     engine_logprobs = right_pad([c.logprobs for c in completions], 0.0, torch.float32)
-    difference = ((trainer - engine_logprobs).abs() * completion_mask).max().item()
-    assert difference < 1e-4
+    return (trainer - engine_logprobs).abs() * completion_mask, completion_mask
 
 
 @pytest.mark.parametrize("arch", ["llama", "llama-tied", "qwen2", "gpt2"])
