@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from grpolab.engine.int8 import Int8Linear
+from grpolab.engine import int8
 from grpolab.model.scoring import position_ids_from_mask
 
 SUPPORTED_TYPES = {"llama", "qwen2", "mistral"}
@@ -125,8 +125,8 @@ def layer_linears(layer) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
 def make_linear(weight, bias, dtype: torch.dtype, maxima: dict | None, key, storage: torch.Tensor | None = None):
     """An int8 projection (`int8.py`, float32 in and out; `maxima`: the calibration's activation maxima, keyed
     by (layer, name)) or, with `maxima` None, one in the engine dtype."""
-    if maxima is not None:
-        return Int8Linear(weight, bias, maxima.get(key))
+    if maxima is not None:  # every int8 projection but the output one has its smoothing folded (int8.load_layer)
+        return int8.Int8Linear(weight, bias, maxima.get(key), folded=key[1] != "out")
     return Linear(weight, bias, dtype, storage)
 
 
@@ -193,18 +193,25 @@ class PackedDecoder:
         storage = self.embed if tied else None
         bias = getattr(head, "bias", None)
         self.head = make_linear(head.weight, bias, self.dtype, self.int8_maxima, (-1, "head"), storage)
+        if self.int8_maxima is not None:
+            self.copy_weights(model)  # folds the smoothing into the norms and the up rows
 
     def copy_weights(self, model) -> None:
         for packed, layer in zip(self.layers, model.model.layers):
+            norms = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+            if self.int8_maxima is not None:
+                int8.load_layer(packed, layer_linears(layer), *norms)
+                continue
             for name, (weight, bias) in layer_linears(layer).items():
                 getattr(packed, name).load(weight, bias)
-            packed.input_norm.copy_(layer.input_layernorm.weight)
-            packed.post_norm.copy_(layer.post_attention_layernorm.weight)
-        self.final_norm.copy_(model.model.norm.weight)
+            packed.input_norm.copy_(norms[0])
+            packed.post_norm.copy_(norms[1])
         if getattr(self.head, "weight", None) is not self.embed:  # else the head's load refreshes the shared copy
             self.embed.copy_(model.get_input_embeddings().weight)
         head = model.get_output_embeddings()
         self.head.load(head.weight, getattr(head, "bias", None))
+        folded = int8.inverse_or_one(self.head) if self.int8_maxima is not None else 1.0
+        self.final_norm.copy_(model.model.norm.weight * folded)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head on the last positions only: [R, H] -> [R, V] float32."""

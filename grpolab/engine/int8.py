@@ -43,10 +43,14 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantized, scale
 
 
+ROW_FLOOR = 1e-30  # an all-zero row gets this range, so that 127 / range stays finite
+
+
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, symmetric: x ~ q * scale; returns (q int8 [M, K], scale fp32 [M, 1])."""
-    scale = (x.abs().amax(dim=1, keepdim=True) / 127).clamp_min(torch.finfo(torch.float32).tiny)
-    return torch.round(x / scale).clamp_(-127, 127).to(torch.int8), scale
+    """Per row, symmetric: x ~ q * scale; returns (q int8 [M, K], scale fp32 [M, 1]). |x| * 127 / max|x| <= 127,
+    so no clamp is needed (the ops here are a measurable share of a decode step)."""
+    top = x.abs().amax(dim=1, keepdim=True).clamp_min_(ROW_FLOOR)  # (measured faster than one aminmax)
+    return torch.round(x * (127 / top)).to(torch.int8), top.div_(127)
 
 
 @functools.lru_cache(maxsize=1)
@@ -111,10 +115,12 @@ def fbgemm_pack(quantized: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
 class Int8Linear:
     """y = x W^T + b with W in int8 (per-channel scales) and x quantised on the fly; x and y are float32."""
 
-    def __init__(self, weight, bias, activation_max: torch.Tensor | None = None, backend: str | None = None):
-        """`activation_max`: max |x_j| per input channel from calibration; None: no smoothing."""
+    def __init__(self, weight, bias, activation_max=None, folded: bool = False, backend: str | None = None):
+        """`activation_max`: max |x_j| per input channel from calibration; None: no smoothing. `folded`: the owner
+        multiplies 1/s into whatever produces the input (`inverse_smoothing`, see `load_layer`), so the call
+        skips that multiply."""
         self.backend = backend or default_backend()
-        self.activation_max = activation_max
+        self.activation_max, self.folded = activation_max, folded
         if self.backend not in BACKENDS:
             raise ValueError(f"int8 backend: got {self.backend!r}, expected one of {BACKENDS}")
         self.dtype = torch.float32
@@ -141,13 +147,33 @@ class Int8Linear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).float()
-        if self.inverse_smoothing is not None:
+        if self.inverse_smoothing is not None and not self.folded:
             rows = rows * self.inverse_smoothing
         if self.backend == "fbgemm":
             y = torch.ops.quantized.linear_dynamic(rows.contiguous(), self.packed, False)
         else:
             quantized, row_scale = quantize_rows(rows)
-            y = torch._int_mm(quantized, self.quantized_t) * row_scale * self.scale
+            y = torch._int_mm(quantized, self.quantized_t).float().mul_(row_scale).mul_(self.scale)
             if self.bias is not None:
-                y = y + self.bias
+                y.add_(self.bias)
         return y.view(*shape[:-1], self.out_features)
+
+
+def inverse_or_one(linear: Int8Linear):
+    return 1.0 if linear.inverse_smoothing is None else linear.inverse_smoothing
+
+
+def load_layer(packed, linears: dict, input_norm: torch.Tensor, post_norm: torch.Tensor) -> None:
+    """(Re)load one packed decoder layer's int8 projections (`linears`: decoder.layer_linears) with the smoothing
+    folded in where that is exact: 1/s of qkv and of gate_up into the RMSNorm weights before them, 1/s of down into
+    the up rows of gate_up (down's input is silu(gate) * up). The output projection's 1/s stays a multiply."""
+    packed.down.load(*linears["down"])
+    weight, bias = linears["gate_up"]
+    half, inverse = weight.shape[0] // 2, inverse_or_one(packed.down)
+    weight = torch.cat([weight[:half], weight[half:] * (inverse[:, None] if torch.is_tensor(inverse) else inverse)])
+    bias = None if bias is None else torch.cat([bias[:half], bias[half:] * inverse])
+    packed.gate_up.load(weight, bias)
+    packed.qkv.load(*linears["qkv"])
+    packed.out.load(*linears["out"])
+    packed.input_norm.copy_(input_norm * inverse_or_one(packed.qkv))
+    packed.post_norm.copy_(post_norm * inverse_or_one(packed.gate_up))
