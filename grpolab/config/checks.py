@@ -81,6 +81,9 @@ def validate_memory(config) -> None:
     if rollout.share_weights and (rollout.dtype != "fp32" or rollout.engine != "grpolab"):
         raise ConfigError("rollout.share_weights: the engine shares the trainer's fp32 weights only with "
                           "rollout.engine=grpolab rollout.dtype=fp32")  # fmt: skip
+    if rollout.dtype == "int8" and (rollout.engine != "grpolab" or config.lora.rank):
+        raise ConfigError("rollout.dtype=int8: the grpolab engine's packed path only (rollout.engine=grpolab, no LoRA: "
+                          "the adapter lives outside the packed weights)")  # fmt: skip
 
 
 def validate_ppo(config) -> None:

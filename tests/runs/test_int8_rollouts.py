@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
+from grpolab.config import load_config
+from grpolab.errors import ConfigError
 from tests.conftest import run_cli
 from tests.runs.test_random_run import QUICK
 
@@ -27,3 +31,9 @@ def test_int8_with_shared_weights_is_refused_in_one_line(tmp_path):
     assert result.returncode == 2
     assert "rollout.share_weights" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_int8_refuses_the_hf_engine_and_lora_at_config_time():
+    for extra in (["rollout.engine=hf"], ["lora.rank=4"]):
+        with pytest.raises(ConfigError, match="rollout.dtype=int8"):
+            load_config(None, ["rollout.dtype=int8", *extra])
