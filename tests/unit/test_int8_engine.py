@@ -104,3 +104,17 @@ def test_int8_needs_the_packed_path():
     engine = make_engine("grpolab", model, TOKENIZER, "int8")
     with pytest.raises(ConfigError, match="rollout.dtype=int8"):
         engine.generate(encode(PROMPTS[:1]), 1, SamplingParams(max_new_tokens=2, temperature=0))
+
+
+def test_the_plan_counts_the_int8_copy_at_a_byte_per_weight():
+    from grpolab.training.plan import tensor_gb, tensors_in
+
+    model = tiny_model("llama")
+    engine = make_engine("grpolab", model, TOKENIZER, "int8")
+    engine.generate(encode(PROMPTS[:1]), 1, SamplingParams(max_new_tokens=1, temperature=0))
+    layers = model.model.layers
+    projections = sum(p.numel() for layer in layers for name, p in layer.named_parameters() if "proj" in name)
+    head = model.get_output_embeddings().weight.numel()
+    counted = tensor_gb(tensors_in(engine.packed)) * 1e9
+    int8_bytes = projections + head  # one byte per weight; the rest (embedding, norms, scales) is float32
+    assert int8_bytes < counted < int8_bytes + 4 * (model.num_parameters() - projections - head) + 64 * 1024
