@@ -125,8 +125,8 @@ def layer_linears(layer) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
 def make_linear(weight, bias, dtype: torch.dtype, maxima: dict | None, key, storage: torch.Tensor | None = None):
     """An int8 projection (`int8.py`, float32 in and out; `maxima`: the calibration's activation maxima, keyed
     by (layer, name)) or, with `maxima` None, one in the engine dtype."""
-    if maxima is not None:  # every int8 projection but the output one has its smoothing folded (int8.load_layer)
-        return int8.Int8Linear(weight, bias, maxima.get(key), folded=key[1] != "out")
+    if maxima is not None:  # built empty: `copy_weights` loads it, with the smoothing folded (`int8.load_layer`)
+        return int8.Int8Linear(None, None, maxima.get(key), folded=key[1] != "out")
     return Linear(weight, bias, dtype, storage)
 
 
@@ -194,7 +194,7 @@ class PackedDecoder:
         bias = getattr(head, "bias", None)
         self.head = make_linear(head.weight, bias, self.dtype, self.int8_maxima, (-1, "head"), storage)
         if self.int8_maxima is not None:
-            self.copy_weights(model)  # folds the smoothing into the norms and the up rows
+            self.copy_weights(model)  # quantises the int8 projections once, the smoothing folded in
 
     def copy_weights(self, model) -> None:
         for packed, layer in zip(self.layers, model.model.layers):
@@ -210,7 +210,7 @@ class PackedDecoder:
             self.embed.copy_(model.get_input_embeddings().weight)
         head = model.get_output_embeddings()
         self.head.load(head.weight, getattr(head, "bias", None))
-        folded = int8.inverse_or_one(self.head) if self.int8_maxima is not None else 1.0
+        folded = self.head.inverse_smoothing if self.int8_maxima is not None else 1.0
         self.final_norm.copy_(model.model.norm.weight * folded)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -121,21 +121,23 @@ class Int8Linear:
     def __init__(self, weight, bias, activation_max=None, folded: bool = False, backend: str | None = None):
         """`activation_max`: max |x_j| per input channel from calibration; None: no smoothing. `folded`: the owner
         multiplies 1/s into whatever produces the input (`inverse_smoothing`, see `load_layer`), so the call
-        skips that multiply."""
+        skips that multiply. `weight` None: built empty, for the owner's first `load`."""
         self.backend = backend or default_backend()
         self.activation_max, self.folded = activation_max, folded
         if self.backend not in BACKENDS:
             raise ValueError(f"int8 backend: got {self.backend!r}, expected one of {BACKENDS}")
-        self.dtype = torch.float32
-        self.load(weight, bias)
+        if weight is not None:
+            self.load(weight, bias)
 
     def load(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         """(Re)quantise from the model's current weight: after each optimizer step (the smoothing factors follow
-        the new weight; the activation maxima stay those of the calibration)."""
-        self.inverse_smoothing = None
-        if self.activation_max is not None:
+        the new weight; the activation maxima stay those of the calibration). Without calibration 1/s is all ones."""
+        weight = weight.detach().float()
+        if self.activation_max is None:
+            self.inverse_smoothing = torch.ones(weight.shape[1])
+        else:
             factors = smoothing_factors(self.activation_max, weight)
-            weight, self.inverse_smoothing = weight.detach().float() * factors, 1.0 / factors
+            weight, self.inverse_smoothing = weight * factors, 1.0 / factors
         quantized, scale = quantize_weight(weight)
         self.bias = None if bias is None else bias.detach().float().clone()
         self.out_features = quantized.shape[0]
@@ -150,7 +152,7 @@ class Int8Linear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         rows = x.reshape(-1, shape[-1]).float()
-        if self.inverse_smoothing is not None and not self.folded:
+        if self.activation_max is not None and not self.folded:
             rows = rows * self.inverse_smoothing
         if self.backend == "fbgemm":
             y = torch.ops.quantized.linear_dynamic(rows.contiguous(), self.packed, False)
@@ -162,21 +164,17 @@ class Int8Linear:
         return y.view(*shape[:-1], self.out_features)
 
 
-def inverse_or_one(linear: Int8Linear):
-    return 1.0 if linear.inverse_smoothing is None else linear.inverse_smoothing
-
-
 def load_layer(packed, linears: dict, input_norm: torch.Tensor, post_norm: torch.Tensor) -> None:
     """(Re)load one packed decoder layer's int8 projections (`linears`: decoder.layer_linears) with the smoothing
     folded in where that is exact: 1/s of qkv and of gate_up into the RMSNorm weights before them, 1/s of down into
     the up rows of gate_up (down's input is silu(gate) * up). The output projection's 1/s stays a multiply."""
     packed.down.load(*linears["down"])
     weight, bias = linears["gate_up"]
-    half, inverse = weight.shape[0] // 2, inverse_or_one(packed.down)
-    weight = torch.cat([weight[:half], weight[half:] * (inverse[:, None] if torch.is_tensor(inverse) else inverse)])
+    half, inverse = weight.shape[0] // 2, packed.down.inverse_smoothing
+    weight = torch.cat([weight[:half], weight[half:] * inverse[:, None]])
     bias = None if bias is None else torch.cat([bias[:half], bias[half:] * inverse])
     packed.gate_up.load(weight, bias)
     packed.qkv.load(*linears["qkv"])
     packed.out.load(*linears["out"])
-    packed.input_norm.copy_(input_norm * inverse_or_one(packed.qkv))
-    packed.post_norm.copy_(post_norm * inverse_or_one(packed.gate_up))
+    packed.input_norm.copy_(input_norm * packed.qkv.inverse_smoothing)
+    packed.post_norm.copy_(post_norm * packed.gate_up.inverse_smoothing)
