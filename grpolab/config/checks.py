@@ -36,6 +36,23 @@ def validate_grpo(config) -> None:
         raise ConfigError("lora.target_modules: must name modules (e.g. q_proj,v_proj) or be 'all-linear'")
     validate_memory(config)
     validate_workers(config)
+    validate_reference(config)
+
+
+def validate_reference(config) -> None:
+    """`train.reference_forward=packed` (grpolab/training/reference.py): what it cannot run with, refused before the
+    run folder is made (the model's type is checked when the model is loaded)."""
+    if config.train.reference_forward != "packed":
+        return
+    refused = {
+        "lora.rank": (config.lora.rank > 0, "with LoRA the reference is the policy with its adapter off, no copy"),
+        "parallel.strategy": (config.parallel.strategy == "fsdp", "with fsdp the reference is sharded like the policy"),
+        "grpo.ref_reset_every": (config.grpo.ref_reset_every > 0, "a reset reference is checkpointed as a model"),
+        "grpo.iteration_steps": (config.grpo.iteration_steps > 0, "a reset reference is checkpointed as a model"),
+    }
+    for key, (set_, why) in refused.items():
+        if set_:
+            raise ConfigError(f"train.reference_forward: packed does not run with {key} ({why}); use transformers")
 
 
 def validate_workers(config) -> None:

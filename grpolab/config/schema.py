@@ -94,6 +94,10 @@ class TrainConfig:
     # auto: on CPU, attention of short rows as fp32 matmuls + softmax instead of the SDPA kernel (grpolab/attention.py)
     attention: Literal["auto", "sdpa"] = "auto"
     share_prompts: bool = True  # one prompt pass per micro-batch, its keys / values shared by its completions
+    # the frozen reference's forward: transformers (a frozen copy of the model) or packed (the engine's packed
+    # decoder in the trainer's dtype, no autograd: grpolab/engine/scoring.py; Llama family, no LoRA, no FSDP, no
+    # reference resets). Not the default: on an AVX2-only CPU in fp32 it measured 1.04x (speed.md)
+    reference_forward: Literal["transformers", "packed"] = "transformers"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     save_every: int = 25
     keep_checkpoints: int = 2

@@ -1,6 +1,7 @@
 """pi_ref, the model the KL term holds the policy to: a frozen copy of the policy, or (with LoRA) the policy
-with its adapter disabled, so no second model is held at all. `reset()` is R1's / DeepSeekMath's
-pi_ref <- pi_theta."""
+with its adapter disabled, so no second model is held at all, or (`train.reference_forward=packed`) the
+engine's packed copy of the policy's weights, scored without autograd (grpolab/engine/scoring.py). `reset()`
+is R1's / DeepSeekMath's pi_ref <- pi_theta."""
 
 from __future__ import annotations
 
@@ -9,18 +10,27 @@ import copy
 
 import torch
 
+from grpolab.engine.decoder import PackedDecoder, supports
+from grpolab.engine.scoring import PackedScorer
+from grpolab.errors import ConfigError
 from grpolab.model.lora import fold_adapter, is_lora, matmul_weights
 
 
 class Reference:
     """pi_ref: a frozen copy of the policy, or the LoRA policy with its adapter disabled."""
 
-    def __init__(self, policy, frozen=None, bf16_matmuls: bool = False):
+    def __init__(self, policy, frozen=None, bf16_matmuls: bool = False, packed_dtype: torch.dtype | None = None):
         """`frozen`: a ready-made copy (e.g. sharded like the policy); by default a deep copy of `policy`,
-        whose matmul weights are stored in bf16 with `bf16_matmuls` (autocast would cast them anyway)."""
+        whose matmul weights are stored in bf16 with `bf16_matmuls` (autocast would cast them anyway).
+        `packed_dtype`: instead of a copy, the engine's packed decoder in that dtype (`packed_reference_dtype`)."""
         self.policy = policy
         self.lora = is_lora(policy)
-        if frozen is None and not self.lora:
+        self.packed = None
+        if packed_dtype is not None:
+            config = policy.config
+            window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+            self.packed = PackedScorer(PackedDecoder(policy, packed_dtype), window)
+        if frozen is None and not self.lora and self.packed is None:
             frozen = frozen_copy(policy, bf16_matmuls)
         self.frozen = frozen
         self.resets = 0
@@ -28,6 +38,9 @@ class Reference:
     @contextlib.contextmanager
     def model(self):
         """The reference model to run a forward pass with (inside the `with`)."""
+        if self.packed is not None:
+            yield self.packed
+            return
         if self.frozen is not None:
             yield self.frozen
             return
@@ -36,7 +49,9 @@ class Reference:
 
     def reset(self) -> None:
         """pi_ref <- pi_theta."""
-        if self.lora:
+        if self.packed is not None:
+            self.packed.decoder.load_weights(self.policy)
+        elif self.lora:
             fold_adapter(self.policy)
         else:
             self.frozen.load_state_dict(self.policy.state_dict())
@@ -52,3 +67,24 @@ def frozen_copy(policy, bf16_matmuls: bool):
         for weight in matmul_weights(policy):
             memo[id(weight)] = torch.nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
     return copy.deepcopy(policy, memo).eval().requires_grad_(False)
+
+
+def packed_reference_dtype(config, policy, bf16: bool, sharded: bool) -> torch.dtype | None:
+    """`train.reference_forward`: the dtype of a packed reference (the trainer's: bf16 where it trains in bf16
+    autocast, else fp32), or None for the transformers model; `packed` where it does not run is refused in one
+    line."""
+    choice = config.train.reference_forward
+    if choice == "transformers":
+        return None
+    unsupported = {
+        "LoRA (the reference is the policy with its adapter off: no copy at all)": is_lora(policy),
+        "parallel.strategy=fsdp (the reference is sharded like the policy)": sharded,
+        "grpo.ref_reset_every / grpo.iteration_steps (a reset reference is checkpointed as a model)": (
+            config.grpo.ref_reset_every > 0 or config.grpo.iteration_steps > 0
+        ),
+        f"model_type {policy.config.model_type!r} (packed: Llama, Qwen2, Mistral)": not supports(policy, 0),
+    }
+    reasons = [reason for reason, applies in unsupported.items() if applies]
+    if reasons:
+        raise ConfigError(f"train.reference_forward: packed does not run with {reasons[0]}; use transformers")
+    return torch.bfloat16 if bf16 else torch.float32

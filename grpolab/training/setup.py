@@ -38,7 +38,7 @@ from grpolab.runs.tracking import check_backends
 from grpolab.tasks import Task, get_task
 from grpolab.training.iterative import IterativeRL
 from grpolab.training.optimizers import StepInBackward, make_optimizer
-from grpolab.training.reference import Reference
+from grpolab.training.reference import Reference, packed_reference_dtype
 
 
 @dataclass
@@ -92,7 +92,10 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
     bf16 = use_bf16(config.train.precision, on_device)
     if not parallel.active:
         sparse_embedding_gradients(policy)  # a tied embedding's gradient: its used rows only (grpolab/model/loading.py)
-    scorer, rollout_model, reference = build_models(policy, parallel, config.grpo.beta > 0, bf16)
+    sharded = parallel.active and parallel.strategy == "fsdp"
+    with_packed = config.grpo.beta > 0 and teacher_path is None  # a teacher takes the reference's place
+    packed = packed_reference_dtype(config, policy, bf16, sharded) if with_packed else None
+    scorer, rollout_model, reference = build_models(policy, parallel, config.grpo.beta > 0, bf16, packed)
     if teacher_path is not None:  # the teacher in the reference's place: it scores the policy's tokens
         teacher = parallel.local_main_first(lambda: load_model(teacher_path))
         if config.train.attention == "auto":
@@ -145,12 +148,12 @@ def check_teacher(config: Config, log) -> str | None:
     return teacher_path
 
 
-def build_models(policy, parallel: Parallel, with_reference: bool, bf16: bool):
+def build_models(policy, parallel: Parallel, with_reference: bool, bf16: bool, packed_dtype=None):
     """(scorer to train through, full-weight model for the engine, reference or None). One process and DDP
     train the policy itself; FSDP shards it, so the engine gets an unsharded copy and the reference is sharded
-    like the policy."""
+    like the policy. `packed_dtype`: the reference is the engine's packed decoder in that dtype."""
     if not parallel.active or parallel.strategy == "ddp":
-        reference = Reference(policy, bf16_matmuls=bf16) if with_reference else None
+        reference = Reference(policy, bf16_matmuls=bf16, packed_dtype=packed_dtype) if with_reference else None
         return parallel.data_parallel(CompletionScorer(policy)), policy, reference
     rollout_model = copy.deepcopy(policy).requires_grad_(False)
     frozen = copy.deepcopy(policy).eval().requires_grad_(False) if with_reference else None
