@@ -1,7 +1,7 @@
 """int8 rollout weights: the kernels per projection, and the price in log-prob mismatch against the exact trainer.
 
     python benchmarks/int8_rollouts.py kernels      # microseconds per call, SmolLM2-135M's projection shapes
-    python benchmarks/int8_rollouts.py mismatch [--alpha A]  # mean |log-prob mismatch| per sampled token, per variant
+    python benchmarks/int8_rollouts.py mismatch [--alpha A] [--skip int_mm,bf16]  # mean |log-prob mismatch| per token
 
 `kernels`: 32 rows (GRPO's 4 prompts x 8), medians of 5 repetitions of 200 calls (20 for the head), one thread
 setting for all. `mismatch`: SmolLM2-135M, 4 arithmetic prompts x 8 samples x 64 tokens at T = 1, sampled by each
@@ -48,7 +48,7 @@ def kernel_row(name: str, out_features: int, in_features: int) -> dict:
         row["bf16_prepacked"] = per_call_us(
             lambda: torch.ops.mkldnn._linear_pointwise(xb, packed, None, "none", [], ""), calls
         )
-    for backend in ("int_mm", "fbgemm") if fbgemm_works() else ("int_mm",):
+    for backend in ("int_mm", "fbgemm", "fbgemm_rows") if fbgemm_works() else ("int_mm",):
         layer = Int8Linear(weight, None, backend=backend)
         row[f"int8_{backend}"] = per_call_us(lambda layer=layer: layer(x), calls)
     return {key: round(value, 1) if isinstance(value, float) else value for key, value in row.items()}
@@ -59,7 +59,7 @@ def kernels() -> None:
         print(json.dumps(kernel_row(name, out_features, in_features)), flush=True)
 
 
-def mismatch() -> None:
+def mismatch(skip: set[str]) -> None:
     from grpolab.engine import int8
     from grpolab.engine.base import SamplingParams
     from grpolab.engine.grpolab_engine import GrpolabEngine
@@ -77,14 +77,15 @@ def mismatch() -> None:
     variants = {  # name: (rollout.dtype, int8 backend, smoothing)
         "fp32": ("fp32", None, True),
         "bf16": ("bf16", None, True),
-        "int8 (default: per-row activations, smoothed)": ("int8", "int_mm", True),
+        "int8 (default: per-row activations through fbgemm, smoothed)": ("int8", "fbgemm_rows", True),
+        "int8 int_mm per-row activations, smoothed": ("int8", "int_mm", True),
         "int8 per-row activations, no smoothing": ("int8", "int_mm", False),
         "int8 fbgemm per-tensor activations, smoothed": ("int8", "fbgemm", True),
         "int8 fbgemm per-tensor activations, no smoothing": ("int8", "fbgemm", False),
     }
     default_backend, maxima = int8.default_backend, int8.activation_maxima
     for name, (dtype, backend, smoothing) in variants.items():
-        if backend == "fbgemm" and not int8.fbgemm_works():
+        if (backend in ("fbgemm", "fbgemm_rows") and not int8.fbgemm_works()) or skip & {backend, dtype}:
             continue
         int8.default_backend = (lambda chosen=backend: chosen) if backend else default_backend
         int8.activation_maxima = maxima if smoothing else (lambda *args: {})
@@ -106,10 +107,11 @@ if __name__ == "__main__":
     parser.add_argument("what", choices=["kernels", "mismatch"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--alpha", type=float, default=None, help="SmoothQuant's alpha (default: the engine's)")
+    parser.add_argument("--skip", default="", help="mismatch: comma-separated int8 backends or dtypes to leave out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.alpha is not None:
         from grpolab.engine import int8
 
         int8.SMOOTHING_ALPHA = args.alpha
-    kernels() if args.what == "kernels" else mismatch()
+    kernels() if args.what == "kernels" else mismatch(set(filter(None, args.skip.split(","))))

@@ -12,14 +12,17 @@ SmolLM2-135M, 4 prompts x 8 samples x 64 tokens: the mean |log-prob mismatch| pe
 trainer was 0.20 with per-row int8 activations and no smoothing (0.74 per tensor), 0.03 with int8 weights alone,
 0.031 for the bf16 engine, and 0.11 with per-row activations and smoothing (`benchmarks/results/speed.md`).
 
-Two kernels, chosen at run time:
+Three kernels:
 - `fbgemm` (PyTorch's own dynamic-quantised linear, `quantized::linear_dynamic`): int8 x uint8 products
   with AVX2 / AVX-512 / VNNI code paths; activations quantised per tensor (one scale for all rows).
+- `fbgemm_rows`: the same op on rows first divided by their own max |x| (and the output multiplied back), so that
+  its one scale per tensor is in effect one per row; the bias is added after.
 - `int_mm` (`torch._int_mm`, int8 x int8 -> int32): activations quantised per row (symmetric), used
   where the fbgemm op is missing (it is deprecated upstream and may leave a future PyTorch) or fails.
-Measured per call (`benchmarks/int8_rollouts.py kernels`: SmolLM2-135M's shapes, 32 rows, 2 threads, AMD EPYC
-with AVX-512 VNNI): `int_mm` 1.2-4.1x faster than fp32 `F.linear` and 1.2-2.3x slower than bf16 prepacked by
-oneDNN; fbgemm about 40% faster than `int_mm`.
+Measured per call (`benchmarks/int8_rollouts.py kernels`: SmolLM2-135M's shapes, 32 rows, 2 threads): on an AMD
+EPYC with AVX-512 VNNI, `int_mm` 1.2-4.1x faster than fp32 `F.linear`, fbgemm about 40% faster than `int_mm`; on
+an AMD EPYC with AVX2 only, `int_mm` 13-24x *slower* than fp32 (no fast int8 kernel behind it there) and fbgemm
+1.4-3.6x faster than fp32 (`benchmarks/results/speed.md`).
 Weights: per-channel symmetric, scale = max |w| / 127 over the input dimension (the usual choice).
 The trainer never sees these weights: its log-probs stay exact, and `logprob_mismatch` shows the price.
 """
@@ -31,7 +34,7 @@ import warnings
 
 import torch
 
-BACKENDS = ("int_mm", "fbgemm")
+BACKENDS = ("int_mm", "fbgemm", "fbgemm_rows")
 SMOOTHING_ALPHA = 0.5  # (choice) SmoothQuant's default balance between activation and weight ranges
 PROJECTIONS = {"qkv": "q_proj", "out": "o_proj", "gate_up": "gate_proj", "down": "down_proj"}
 
@@ -66,11 +69,24 @@ def fbgemm_works() -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1)
+def fbgemm_reduce_range() -> bool:
+    """Does fbgemm need 7-bit activations here? Without VNNI its AVX2 kernel sums pairs of uint8 x int8 products in
+    int16 (vpmaddubsw), which saturates at full 8-bit range (seen on an AVX2-only AMD EPYC: errors of 25% of the
+    output); `reduce_range` halves the activations' range so that it cannot. Asked once: a product built to
+    saturate (all activations at 255, all weights at 127), through the full range, against the exact value."""
+    probe = torch.ones(8, 64)
+    packed = fbgemm_pack(*quantize_weight(probe), None)
+    exact = float(probe.shape[1])
+    return abs(torch.ops.quantized.linear_dynamic(torch.ones(2, 64), packed, False)[0, 0].item() - exact) > 0.01 * exact
+
+
 def default_backend() -> str:
-    """(choice) per-row activation scales (`int_mm`): fbgemm's one scale per tensor measured 0.74 log-prob
-    mismatch per token against 0.20 per row without smoothing (0.32 against 0.11 with it), for ~40% less time
-    per projection."""
-    return "int_mm"
+    """(choice) per-row activation scales: fbgemm's one scale per tensor measured 0.74 log-prob mismatch per
+    token against 0.20 per row without smoothing (0.32 against 0.11 with it). Per row through fbgemm where its op
+    runs (`fbgemm_rows`: as fast as fbgemm on both CPUs measured, and the only fast one without VNNI), else
+    `int_mm`."""
+    return "fbgemm_rows" if fbgemm_works() else "int_mm"
 
 
 @torch.no_grad()
@@ -141,9 +157,9 @@ class Int8Linear:
         quantized, scale = quantize_weight(weight)
         self.bias = None if bias is None else bias.detach().float().clone()
         self.out_features = quantized.shape[0]
-        if self.backend == "fbgemm":
+        if self.backend in ("fbgemm", "fbgemm_rows"):
             self.packed = None  # free the old packing before building the new one
-            self.packed = fbgemm_pack(quantized, scale, self.bias)
+            self.packed = fbgemm_pack(quantized, scale, self.bias if self.backend == "fbgemm" else None)
             # the packed weight is no tensor: a storage-free stand-in of its size lets `grpolab plan` count it
             self.packed_size = torch.empty(quantized.shape, dtype=torch.int8, device="meta")
         else:
@@ -155,7 +171,12 @@ class Int8Linear:
         if self.activation_max is not None and not self.folded:
             rows = rows * self.inverse_smoothing
         if self.backend == "fbgemm":
-            y = torch.ops.quantized.linear_dynamic(rows.contiguous(), self.packed, False)
+            y = torch.ops.quantized.linear_dynamic(rows.contiguous(), self.packed, fbgemm_reduce_range())
+        elif self.backend == "fbgemm_rows":
+            top = rows.abs().amax(dim=1, keepdim=True).clamp_min_(ROW_FLOOR)
+            y = torch.ops.quantized.linear_dynamic(rows / top, self.packed, fbgemm_reduce_range()).mul_(top)
+            if self.bias is not None:
+                y.add_(self.bias)
         else:
             quantized, row_scale = quantize_rows(rows)
             y = torch._int_mm(quantized, self.quantized_t).float().mul_(row_scale).mul_(self.scale)

@@ -22,7 +22,8 @@ from grpolab.engine.int8 import (
 from grpolab.errors import ConfigError
 from tests.unit.test_engine import PROMPTS, TOKENIZER, encode, logprob_gaps, tiny_model
 
-BACKENDS = ["int_mm", pytest.param("fbgemm", marks=pytest.mark.skipif(not fbgemm_works(), reason="no fbgemm op"))]
+NO_FBGEMM = pytest.mark.skipif(not fbgemm_works(), reason="no fbgemm op")
+BACKENDS = ["int_mm", pytest.param("fbgemm", marks=NO_FBGEMM), pytest.param("fbgemm_rows", marks=NO_FBGEMM)]
 
 
 def test_weights_are_quantised_per_output_channel():
@@ -54,6 +55,22 @@ def test_int8_linear_is_close_to_f_linear_and_reloads(backend):
     assert (layer(x) - expected).abs().max() < 0.02 * expected.abs().max()
     layer.load(weight * 2, bias)
     assert (layer(x) - F.linear(x, weight * 2, bias)).abs().max() < 0.04 * expected.abs().max()
+
+
+@NO_FBGEMM
+def test_fbgemm_rows_quantises_each_row_on_its_own_scale():
+    # a row 1000x smaller than the other: one scale per tensor leaves it a few levels, one per row keeps its 8 bits
+    torch.manual_seed(0)
+    weight, x = torch.randn(32, 64) * 0.1, torch.randn(2, 64) * torch.tensor([[1.0], [1e-3]])
+    expected = F.linear(x, weight)
+
+    def small_row_error(backend):
+        y = Int8Linear(weight, None, backend=backend)(x)
+        return ((y[1] - expected[1]).abs().max() / expected[1].abs().max()).item()
+
+    assert small_row_error("fbgemm_rows") < 0.03
+    assert small_row_error("fbgemm_rows") < 2 * small_row_error("int_mm") + 1e-3
+    assert small_row_error("fbgemm") > 10 * small_row_error("fbgemm_rows")
 
 
 def test_smoothing_keeps_an_outlier_channel_from_eating_the_rows_range():
