@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 
 import torch
@@ -29,7 +30,7 @@ def rollout(prompts: int, group: int, tokens: int):
     overrides = [
         f"rollout.prompts_per_step={prompts}", f"rollout.group_size={group}", f"rollout.max_new_tokens={tokens}",
         "log.quiet=true", "log.report=false", "log.tensorboard=false", "train.reference_forward=transformers",
-        "overwrite=true", "output_dir=/tmp/reference-forward-bench",
+        "overwrite=true", f"output_dir={tempfile.mkdtemp()}/run",
     ]  # fmt: skip
     config = load_config(None, overrides)
     run, _ = setup(config, lambda *_: None, Parallel())
