@@ -41,12 +41,12 @@ def validate_grpo(config) -> None:
 
 def validate_reference(config) -> None:
     """`train.reference_forward=packed` (grpolab/training/reference.py): what it cannot run with, refused before the
-    run folder is made (the model's type is checked when the model is loaded)."""
+    run folder is made (the model's type is checked when the model is loaded: `packed_reference_dtype`)."""
     if config.train.reference_forward != "packed":
         return
     refused = {
         "lora.rank": (config.lora.rank > 0, "with LoRA the reference is the policy with its adapter off, no copy"),
-        "parallel.strategy": (config.parallel.strategy == "fsdp", "with fsdp the reference is sharded like the policy"),
+        "parallel.strategy=fsdp": (config.parallel.strategy == "fsdp", "the reference is sharded like the policy"),
         "grpo.ref_reset_every": (config.grpo.ref_reset_every > 0, "a reset reference is checkpointed as a model"),
         "grpo.iteration_steps": (config.grpo.iteration_steps > 0, "a reset reference is checkpointed as a model"),
     }

@@ -29,6 +29,12 @@ SUPPORTED_TYPES = {"llama", "qwen2", "mistral"}
 STATIC_ROPE_TYPES = {"default", "linear", "llama3"}
 
 
+def sliding_window(config) -> int | None:
+    """The model's sliding attention window, or None where every token attends to the whole sequence."""
+    window = getattr(config, "sliding_window", None)
+    return window if window is not None and getattr(config, "use_sliding_window", True) else None
+
+
 def supports(model, total_length: int) -> bool:
     """Can the packed path run this model for sequences of `total_length` tokens?"""
     if hasattr(model, "peft_config"):  # LoRA: the adapter's update lives outside the packed weights
@@ -39,9 +45,8 @@ def supports(model, total_length: int) -> bool:
     rotary = getattr(model.model, "rotary_emb", None)
     if rotary is None or getattr(rotary, "rope_type", "default") not in STATIC_ROPE_TYPES:
         return False
-    window = getattr(config, "sliding_window", None)
-    uses_window = window is not None and getattr(config, "use_sliding_window", True)
-    return not (uses_window and total_length > window)
+    window = sliding_window(config)
+    return window is None or total_length <= window
 
 
 def onednn_prepacks(dtype: torch.dtype, device: torch.device) -> bool:

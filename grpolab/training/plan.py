@@ -138,9 +138,11 @@ def state_memory(run) -> dict:
     value_ids = {id(p) for p in value.parameters()} if value is not None else set()
     trainable = [p for group in run.optimizer.param_groups for p in group["params"] if id(p) not in value_ids]
     moments = [t for state in run.optimizer.state.values() for t in state.values() if hasattr(t, "numel")]
-    reference = list(run.reference.frozen.parameters()) if run.reference and run.reference.frozen else []
+    reference = []
     if run.reference is not None and run.reference.packed is not None:
         reference = list(tensors_in(run.reference.packed.decoder))
+    elif run.reference is not None and run.reference.frozen is not None:
+        reference = list(run.reference.frozen.parameters())
     weights = {p.data_ptr() for p in run.policy.parameters()}
     engine = getattr(run.engine, "engine", run.engine)
     copies = [t for t in tensors_in(getattr(engine, "packed", None)) if address(t) not in weights]

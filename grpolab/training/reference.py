@@ -10,7 +10,8 @@ import copy
 
 import torch
 
-from grpolab.engine.decoder import PackedDecoder, supports
+from grpolab.config.checks import validate_reference
+from grpolab.engine.decoder import PackedDecoder, sliding_window, supports
 from grpolab.engine.scoring import PackedScorer
 from grpolab.errors import ConfigError
 from grpolab.model.lora import fold_adapter, is_lora, matmul_weights
@@ -27,9 +28,7 @@ class Reference:
         self.lora = is_lora(policy)
         self.packed = None
         if packed_dtype is not None:
-            config = policy.config
-            window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
-            self.packed = PackedScorer(PackedDecoder(policy, packed_dtype), window)
+            self.packed = PackedScorer(PackedDecoder(policy, packed_dtype), sliding_window(policy.config))
         if frozen is None and not self.lora and self.packed is None:
             frozen = frozen_copy(policy, bf16_matmuls)
         self.frozen = frozen
@@ -69,22 +68,16 @@ def frozen_copy(policy, bf16_matmuls: bool):
     return copy.deepcopy(policy, memo).eval().requires_grad_(False)
 
 
-def packed_reference_dtype(config, policy, bf16: bool, sharded: bool) -> torch.dtype | None:
+def packed_reference_dtype(config, policy, bf16: bool) -> torch.dtype | None:
     """`train.reference_forward`: the dtype of a packed reference (the trainer's: bf16 where it trains in bf16
     autocast, else fp32), or None for the transformers model; `packed` where it does not run is refused in one
-    line."""
-    choice = config.train.reference_forward
-    if choice == "transformers":
+    line: LoRA, FSDP and reference resets by the config's check (`validate_reference`), the model here."""
+    if config.train.reference_forward == "transformers":
         return None
-    unsupported = {
-        "LoRA (the reference is the policy with its adapter off: no copy at all)": is_lora(policy),
-        "parallel.strategy=fsdp (the reference is sharded like the policy)": sharded,
-        "grpo.ref_reset_every / grpo.iteration_steps (a reset reference is checkpointed as a model)": (
-            config.grpo.ref_reset_every > 0 or config.grpo.iteration_steps > 0
-        ),
-        f"model_type {policy.config.model_type!r} (packed: Llama, Qwen2, Mistral)": not supports(policy, 0),
-    }
-    reasons = [reason for reason, applies in unsupported.items() if applies]
-    if reasons:
-        raise ConfigError(f"train.reference_forward: packed does not run with {reasons[0]}; use transformers")
+    validate_reference(config)
+    if not supports(policy, 0):
+        raise ConfigError(
+            f"train.reference_forward: packed does not run with model_type {policy.config.model_type!r} (packed: "
+            "Llama, Qwen2, Mistral with SiLU and a static RoPE); use transformers"
+        )
     return torch.bfloat16 if bf16 else torch.float32

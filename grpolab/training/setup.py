@@ -92,9 +92,8 @@ def setup(config: Config, log, parallel: Parallel) -> tuple[TrainingRun, Path | 
     bf16 = use_bf16(config.train.precision, on_device)
     if not parallel.active:
         sparse_embedding_gradients(policy)  # a tied embedding's gradient: its used rows only (grpolab/model/loading.py)
-    sharded = parallel.active and parallel.strategy == "fsdp"
     with_packed = config.grpo.beta > 0 and teacher_path is None  # a teacher takes the reference's place
-    packed = packed_reference_dtype(config, policy, bf16, sharded) if with_packed else None
+    packed = packed_reference_dtype(config, policy, bf16) if with_packed else None
     scorer, rollout_model, reference = build_models(policy, parallel, config.grpo.beta > 0, bf16, packed)
     if teacher_path is not None:  # the teacher in the reference's place: it scores the policy's tokens
         teacher = parallel.local_main_first(lambda: load_model(teacher_path))

@@ -76,27 +76,29 @@ def test_a_packed_reference_is_reset_to_the_policy():
     assert (after - moved).abs().max() < 1e-5 and reference.resets == 1
 
 
-def config(choice: str, resets: int = 0):
+def config(choice: str, resets: int = 0, strategy: str = "none"):
     return SimpleNamespace(
         train=SimpleNamespace(reference_forward=choice),
         grpo=SimpleNamespace(ref_reset_every=resets, iteration_steps=0),
+        lora=SimpleNamespace(rank=0),
+        parallel=SimpleNamespace(strategy=strategy),
     )
 
 
 def test_the_reference_forward_choice():
     llama, gpt2 = tiny_model("llama"), tiny_model("gpt2")
-    assert packed_reference_dtype(config("packed"), llama, bf16=True, sharded=False) == torch.bfloat16
-    assert packed_reference_dtype(config("packed"), llama, bf16=False, sharded=False) == torch.float32
-    assert packed_reference_dtype(config("transformers"), llama, bf16=True, sharded=False) is None
+    assert packed_reference_dtype(config("packed"), llama, bf16=True) == torch.bfloat16
+    assert packed_reference_dtype(config("packed"), llama, bf16=False) == torch.float32
+    assert packed_reference_dtype(config("transformers"), llama, bf16=True) is None
     # packed is refused in one line where it does not run
-    for model, settings, sharded, what in [
-        (gpt2, config, False, "model_type 'gpt2'"),
-        (llama, lambda choice: config(choice, resets=5), False, "grpo.ref_reset_every"),
-        (llama, config, True, "parallel.strategy=fsdp"),
+    for model, settings, what in [
+        (gpt2, config, "model_type 'gpt2'"),
+        (llama, lambda choice: config(choice, resets=5), "grpo.ref_reset_every"),
+        (llama, lambda choice: config(choice, strategy="fsdp"), "parallel.strategy=fsdp"),
     ]:
-        assert packed_reference_dtype(settings("transformers"), model, bf16=False, sharded=sharded) is None
+        assert packed_reference_dtype(settings("transformers"), model, bf16=False) is None
         with pytest.raises(ConfigError, match=f"train.reference_forward: packed .*{what}") as refused:
-            packed_reference_dtype(settings("packed"), model, bf16=False, sharded=sharded)
+            packed_reference_dtype(settings("packed"), model, bf16=False)
         assert "\n" not in str(refused.value)
 
 
