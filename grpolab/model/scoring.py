@@ -18,8 +18,11 @@ import torch
 from grpolab.model.hf_compat import cache_argument, decoder_of, output_cache
 
 LOGIT_CHUNK_ROWS = 8
-LOGIT_CHUNK_TOKENS = 512  # tokens per weight-gradient matmul: [512, V] bf16 logit gradients, 50 MB at V = 49k
+LOGIT_CHUNK_TOKENS = 512  # tokens per head matmul: [512, V] bf16 logits or their gradients, 50 MB at V = 49k
 CACHE_CHUNK_TOKENS = 64  # tokens per fp32 pass over [n, V] (12.6 MB at V = 49k): the passes stay in cache
+# (measured) the head's products run on LOGIT_CHUNK_TOKENS rows, and only the fp32 passes on CACHE_CHUNK_TOKENS
+# slices of their result: on an AVX2-only CPU in fp32 a [64, 576] x [576, 49k] product ran at 49 GFLOP/s against
+# 104 at 512 rows (`benchmarks/head_chunks.py`)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -146,13 +149,16 @@ class SelectedLogprobs(torch.autograd.Function):
         entropy = torch.empty_like(logprobs) if with_entropy else logprobs.new_empty(0)
         w = weight.to(compute_dtype)
         with torch.autocast(device, enabled=False):
-            for rows in chunks(hidden.shape[0], CACHE_CHUNK_TOKENS):
-                logits = scaled_logits(hidden[rows], w, temperature, compute_dtype)  # [n, V] fp32
-                lse[rows] = torch.logsumexp(logits, dim=-1)
-                logprobs[rows] = logits.gather(-1, targets[rows, None])[:, 0] - lse[rows]
-                if with_entropy:  # H = lse - sum_v p_v z_v, p = exp(z - lse)
-                    probs = (logits - lse[rows, None]).exp_()
-                    entropy[rows] = lse[rows] - torch.linalg.vecdot(probs, logits)
+            for block in chunks(hidden.shape[0], LOGIT_CHUNK_TOKENS):
+                block_logits = scaled_logits(hidden[block], w, temperature, compute_dtype)  # [n, V]
+                for part in chunks(block_logits.shape[0], CACHE_CHUNK_TOKENS):
+                    logits = block_logits[part].float()  # [m, V] fp32
+                    rows = slice(block.start + part.start, block.start + part.start + logits.shape[0])
+                    lse[rows] = torch.logsumexp(logits, dim=-1)
+                    logprobs[rows] = logits.gather(-1, targets[rows, None])[:, 0] - lse[rows]
+                    if with_entropy:  # H = lse - sum_v p_v z_v, p = exp(z - lse)
+                        probs = (logits - lse[rows, None]).exp_()
+                        entropy[rows] = lse[rows] - torch.linalg.vecdot(probs, logits)
         # the compute-dtype copy of the weight is kept for backward (one cast per pass, not two)
         ctx.save_for_backward(hidden, w, targets, lse)
         ctx.temperature, ctx.compute_dtype, ctx.weight_dtype = temperature, compute_dtype, weight.dtype
@@ -168,14 +174,16 @@ class SelectedLogprobs(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             for rows in chunks(hidden.shape[0], LOGIT_CHUNK_TOKENS):
                 h = (hidden[rows] / temperature).to(dtype)  # z = (h / temperature) W^T
-                grad_z = h.new_empty(h.shape[0], w.shape[0])  # [n, V] in the compute dtype
+                grad_z = torch.mm(h, w.T)  # [n, V] logits in the compute dtype, turned into their gradients
                 for part in chunks(h.shape[0], CACHE_CHUNK_TOKENS):  # fp32 work on cache-sized pieces
-                    logits = torch.mm(h[part], w.T).float()
+                    logits = grad_z[part].float()  # in fp32 a view: the passes below write grad_z in place
                     # d logp_y / d z = onehot(y) - softmax(z); z depends on h / temperature, so the chain
                     # factor 1 / temperature goes on the gradients of h and W below, not on [n, V]
                     g = grad_logprobs[rows][part, None]
                     grad = logits.sub_(lse[rows][part, None]).exp_().mul_(-g)
-                    grad_z[part] = grad.scatter_add_(-1, targets[rows][part, None], g)
+                    grad.scatter_add_(-1, targets[rows][part, None], g)
+                    if grad.dtype != grad_z.dtype:
+                        grad_z[part] = grad
                 if grad_hidden is not None:
                     grad_hidden[rows] = (grad_z @ w).div_(temperature).to(hidden.dtype)
                 if ctx.needs_input_grad[1]:
@@ -191,9 +199,9 @@ def chunks(total: int, size: int):
 
 
 def scaled_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float, dtype) -> torch.Tensor:
-    """(hidden / temperature) W^T in fp32, [n, V]: the temperature scales the n x H states, not the n x V
+    """(hidden / temperature) W^T in `dtype`, [n, V]: the temperature scales the n x H states, not the n x V
     logits (one pass over [n, V] fewer; the same value up to rounding)."""
-    return torch.mm((hidden / temperature).to(dtype), weight.T).float()
+    return torch.mm((hidden / temperature).to(dtype), weight.T)
 
 
 class CompletionScorer(torch.nn.Module):

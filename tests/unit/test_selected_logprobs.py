@@ -21,7 +21,8 @@ def test_selected_logprobs_match_the_plain_path(monkeypatch):
     completion_ids = torch.randint(0, vocab, (3, 5))
     completion_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
     args = (prompt_ids, prompt_mask, completion_ids, completion_mask)
-    monkeypatch.setattr(lp, "LOGIT_CHUNK_TOKENS", 3)  # several chunks, one of them partial
+    monkeypatch.setattr(lp, "LOGIT_CHUNK_TOKENS", 5)  # several head products, one of them partial,
+    monkeypatch.setattr(lp, "CACHE_CHUNK_TOKENS", 2)  # each in fp32 passes of 2 rows, the last one partial
     weights = torch.randn(3, 5)
 
     expected, expected_entropy = plain(model, *args, temperature=0.7)
